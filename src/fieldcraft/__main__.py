@@ -1,0 +1,5 @@
+import sys
+
+from fieldcraft.cli import main
+
+sys.exit(main())

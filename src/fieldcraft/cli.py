@@ -1,0 +1,71 @@
+"""The ``fieldcraft`` command line: ``fieldcraft <verb> <task> ...``.
+
+Verbs: ``fit``, ``render``, ``eval``, ``export``. Each task's sub-commands live in their own
+module under :mod:`fieldcraft.commands` and register themselves through ``register(verbs)``.
+Bad input raises :class:`~fieldcraft.errors.FieldcraftError`, printed as one line
+(``fieldcraft: error: ...``) with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fieldcraft.runtime import configure_cpu_defaults
+
+VERBS = {
+    "fit": "fit a field to a signal",
+    "render": "query a fitted field (images, views, video)",
+    "eval": "evaluate a fitted field or compare outputs",
+    "export": "export a fitted field (meshes, ...)",
+}
+# one module per task under fieldcraft.commands; each defines register(verbs)
+COMMAND_MODULES = ("image", "nerf", "shapes", "ct")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fieldcraft import __version__
+
+    parser = argparse.ArgumentParser(prog="fieldcraft", description="Neural fields for images, radiance fields, shapes and CT.")
+    parser.add_argument("--version", action="version", version=f"fieldcraft {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    verbs = {}
+    for verb, help_text in VERBS.items():
+        p = sub.add_parser(verb, help=help_text)
+        verbs[verb] = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"fieldcraft.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fieldcraft.commands.{name}":
+                continue  # task not present in this build
+            raise
+        module.register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_cpu_defaults()
+    from fieldcraft.errors import FieldcraftError
+    from fieldcraft.runtime import set_threads
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    set_threads()
+    try:
+        result = args.func(args)
+    except FieldcraftError as exc:
+        if args.debug:
+            raise
+        print(f"fieldcraft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fieldcraft: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Coordinate encodings: ``[..., in_dim] -> [..., out_dim]`` (see :mod:`.base`).
+
+| config | paper | out_dim |
+|---|---|---|
+| :class:`IdentityEncodingConfig` | SIREN input | ``d`` |
+| :class:`FrequencyEncodingConfig` | NeRF positional encoding | ``d (2L + 1)`` |
+| :class:`FourierFeaturesConfig` | Tancik et al. Gaussian Fourier features | ``2 m`` |
+| :class:`HashGridConfig` | Instant-NGP multiresolution hash grid | ``L F`` |
+| :class:`DenseGridConfig` | dense voxel grid (Plenoxels, DVGO) | ``F`` |
+| :class:`CompositeEncodingConfig` | per-dimension encodings (tiny-cuda-nn) | sum of parts |
+"""
+
+from fieldcraft.encodings.base import Encoding, EncodingConfig
+from fieldcraft.encodings.composite import CompositeEncodingConfig, CompositePart
+from fieldcraft.encodings.fourier import FourierFeaturesConfig
+from fieldcraft.encodings.frequency import FrequencyEncodingConfig
+from fieldcraft.encodings.hashgrid import DenseGridConfig, GridEncoding, HashGridConfig
+from fieldcraft.encodings.identity import IdentityEncodingConfig
+
+__all__ = [
+    "Encoding",
+    "EncodingConfig",
+    "IdentityEncodingConfig",
+    "FrequencyEncodingConfig",
+    "FourierFeaturesConfig",
+    "HashGridConfig",
+    "DenseGridConfig",
+    "GridEncoding",
+    "CompositeEncodingConfig",
+    "CompositePart",
+]

@@ -1,0 +1,41 @@
+"""Choose the implementation of a grid encoding: fast CPU kernel or PyTorch reference.
+
+The fast kernel (:mod:`fieldcraft.encodings.kernels`) is used when all of these hold:
+the backend is ``"auto"`` or ``"fast"``, the tensors are float32 on the CPU, the points do
+not require gradients (the kernel differentiates with respect to the table only; input
+gradients and higher orders, e.g. an eikonal loss, take the reference path), and the
+kernel is importable. Otherwise :func:`~fieldcraft.encodings.grid.grid_encode_reference`
+runs, on any device.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from fieldcraft.encodings.grid import GridLayout, grid_encode_reference
+from fieldcraft.errors import FieldcraftError
+
+
+def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "auto") -> Tensor:
+    if backend != "torch":
+        fast = _fast_kernel()
+        usable = (
+            fast is not None
+            and u.device.type == "cpu"
+            and table.dtype == u.dtype == __import__("torch").float32
+            and not u.requires_grad
+        )
+        if usable:
+            return fast(u, table, layout)
+        if backend == "fast":
+            raise FieldcraftError("grid backend 'fast' requested but the fast CPU kernel does not apply "
+                                  "(needs float32 CPU tensors, no input gradients, numba installed)")
+    return grid_encode_reference(u, table, layout)
+
+
+def _fast_kernel():
+    try:
+        from fieldcraft.encodings.kernels import grid_encode_fast
+    except ImportError:
+        return None
+    return grid_encode_fast

@@ -1,0 +1,148 @@
+"""Multiresolution feature grids: the shared core of the hash grid and the dense grid.
+
+A grid encoding stores, for each level ``l``, a table of ``size_l x F`` learnable features
+attached to the vertices of a regular grid with ``N_l`` cells per axis over the unit cube
+(``N_l + 1`` vertices per axis). A point ``u`` in ``[0, 1]^d`` (inputs in ``[-1, 1]`` are
+mapped by ``u = (x + 1) / 2`` and clamped to the cube) falls in cell
+``c = min(floor(u N_l), N_l - 1)`` with local coordinates ``f = u N_l - c`` in ``[0, 1]``;
+its level-``l`` feature is the multilinear (bi-/trilinear) interpolation of the ``2^d``
+corner features. Output: the ``L`` levels' features concatenated level-major,
+``[..., L * F]``.
+
+Vertex ``v`` (integer coordinates) is stored at row
+
+- dense levels (``(N_l + 1)^d <= 2^T``): ``sum_i v_i (N_l + 1)^i`` (no collisions),
+- hashed levels: ``(v_0 * 1) xor (v_1 * 2654435761) xor (v_2 * 805459861) mod 2^T``
+  (Teschner et al. 2003 spatial hash, as in Instant-NGP), computed on 32-bit products.
+
+All levels live in one parameter ``table`` of shape ``[sum_l size_l, F]`` with row offsets
+``offsets[l]``, so optimisers and fast kernels see one flat array.
+
+This module holds the pure-PyTorch reference (:func:`grid_encode_reference`), which is
+differentiable to any order in both the table and the points; fast CPU kernels live in
+:mod:`fieldcraft.encodings.kernels` and are checked against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+PRIMES = (1, 2654435761, 805459861, 3674653429)
+
+
+@dataclasses.dataclass(frozen=True)
+class GridLayout:
+    """Static description of a multiresolution grid (no parameters).
+
+    ``resolutions[l]`` is ``N_l`` (cells per axis), ``sizes[l]`` the number of table rows of
+    level ``l``, ``hashed[l]`` whether the level uses the spatial hash, ``offsets[l]`` the
+    first row of level ``l`` in the flat table.
+    """
+
+    dim: int
+    n_features: int
+    resolutions: tuple[int, ...]
+    sizes: tuple[int, ...]
+    hashed: tuple[bool, ...]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.resolutions)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, acc = [], 0
+        for s in self.sizes:
+            out.append(acc)
+            acc += s
+        return tuple(out)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.sizes)
+
+    @staticmethod
+    def build(dim: int, n_features: int, resolutions: tuple[int, ...], log2_table_size: int) -> "GridLayout":
+        cap = 2**log2_table_size
+        sizes, hashed = [], []
+        for n in resolutions:
+            dense_rows = (n + 1) ** dim
+            if dense_rows <= cap:
+                sizes.append(dense_rows)
+                hashed.append(False)
+            else:
+                sizes.append(cap)
+                hashed.append(True)
+        return GridLayout(dim, n_features, tuple(resolutions), tuple(sizes), tuple(hashed))
+
+
+def level_resolutions(n_levels: int, base_resolution: int, max_resolution: int | None = None,
+                      per_level_scale: float | None = None) -> tuple[int, ...]:
+    """Instant-NGP level resolutions ``N_l = floor(N_min * b^l)``.
+
+    ``b`` is ``per_level_scale`` if given, else ``exp((ln N_max - ln N_min) / (L - 1))``.
+
+    >>> level_resolutions(4, 16, 128)
+    (16, 32, 64, 128)
+    """
+    if per_level_scale is None:
+        if max_resolution is None or n_levels == 1:
+            per_level_scale = 1.0
+        else:
+            per_level_scale = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (n_levels - 1))
+    # the small epsilon keeps exact powers (16 * 2**3 = 128) from flooring to 127
+    return tuple(int(math.floor(base_resolution * per_level_scale**l + 1e-6)) for l in range(n_levels))
+
+
+def corner_offsets(dim: int, device: torch.device | None = None) -> Int[Tensor, "corners dim"]:
+    """The ``2^d`` corner offsets of a cell, corner ``k`` having bit ``i`` of ``k`` on axis ``i``."""
+    rows = [[(k >> i) & 1 for i in range(dim)] for k in range(2**dim)]
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+def vertex_rows(vertices: Int[Tensor, "*batch dim"], resolution: int, size: int, hashed: bool) -> Int[Tensor, "*batch"]:
+    """Table row of integer grid vertices at one level (see module docstring)."""
+    dim = vertices.shape[-1]
+    if not hashed:
+        stride, idx = 1, torch.zeros_like(vertices[..., 0])
+        for i in range(dim):
+            idx = idx + vertices[..., i] * stride
+            stride *= resolution + 1
+        return idx
+    idx = torch.zeros_like(vertices[..., 0])
+    for i in range(dim):
+        idx = idx ^ ((vertices[..., i] * PRIMES[i]) & 0xFFFFFFFF)
+    return idx & (size - 1) if (size & (size - 1)) == 0 else idx % size
+
+
+def grid_encode_reference(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows F"], layout: GridLayout) -> Float[Tensor, "n L*F"]:
+    """Pure-PyTorch multilinear grid encoding of points ``u`` in ``[0, 1]^d`` (clamped).
+
+    Differentiable (any order) with respect to ``table`` and ``u``.
+    """
+    u = u.clamp(0.0, 1.0)
+    dim = layout.dim
+    corners = corner_offsets(dim, u.device)  # [C, d]
+    feats = []
+    for level, (res, size, hashed, off) in enumerate(
+        zip(layout.resolutions, layout.sizes, layout.hashed, layout.offsets)
+    ):
+        p = u * res
+        cell = torch.clamp(torch.floor(p.detach()), max=res - 1).to(torch.int64)
+        frac = p - cell.to(p.dtype)  # [n, d]
+        verts = cell[:, None, :] + corners[None]  # [n, C, d]
+        rows = vertex_rows(verts, res, size, hashed) + off  # [n, C]
+        # weights: prod_i (f_i if bit else 1 - f_i)
+        w = torch.where(corners[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)  # [n, C]
+        values = table[rows]  # [n, C, F]
+        feats.append((w[..., None] * values).sum(1))
+    return torch.cat(feats, dim=-1)
+
+
+_ = itertools

@@ -1,0 +1,1 @@
+"""Checkpoints and output files (PNG, plots, video)."""

@@ -1,0 +1,124 @@
+"""Checkpoints: one safetensors file, no pickle anywhere.
+
+A checkpoint is ``<dir>/checkpoint.safetensors``: tensors (field weights under ``field.``,
+optimiser state under ``optim.``) plus a JSON header stored in the safetensors metadata
+under the key ``"fieldcraft"`` (library version, task, configs, step, elapsed seconds, seeds
+and task metadata). A copy of that JSON is written beside it as ``config.json`` for people
+to read. Writes go to a temporary file in the same directory, are flushed to disk, then
+renamed over the old file, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+import fieldcraft
+from fieldcraft.errors import FieldcraftError
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+META_KEY = "fieldcraft"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(directory: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+    """Atomically write ``tensors`` and JSON ``meta`` to ``directory/checkpoint.safetensors``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"fieldcraft_version": fieldcraft.__version__, **meta}
+    header = json.dumps(meta)
+    path = directory / CHECKPOINT_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_NAME}.", dir=directory)
+    os.close(fd)
+    try:
+        cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(cpu, tmp, metadata={META_KEY: header})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    atomic_write_bytes(directory / "config.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return path
+
+
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``."""
+    directory = Path(directory)
+    path = directory / CHECKPOINT_NAME if directory.is_dir() else directory
+    if not path.exists():
+        raise FieldcraftError(f"{path}: no checkpoint here (expected {CHECKPOINT_NAME} written by 'fieldcraft fit')")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta_text = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise FieldcraftError(f"{path}: unreadable checkpoint ({exc})") from None
+    if meta_text is None:
+        raise FieldcraftError(f"{path}: not a fieldcraft checkpoint (no '{META_KEY}' metadata)")
+    return tensors, json.loads(meta_text)
+
+
+def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, Tensor]:
+    """The module's state dict with keys prefixed by ``prefix.``."""
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_module_tensors(module: torch.nn.Module, tensors: dict[str, Tensor], prefix: str) -> None:
+    state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    module.load_state_dict(state)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimiser's state dict into tensors (for safetensors) and JSON (param groups,
+    non-tensor state)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}.{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any],
+                           prefix: str = "optim") -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if not key.startswith(prefix + "."):
+            continue
+        idx, name = key[len(prefix) + 1:].split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

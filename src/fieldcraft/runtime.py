@@ -1,0 +1,45 @@
+"""Process defaults for fast CPU runs, applied by the command line.
+
+Library users can call :func:`configure_cpu_defaults` *before importing torch* (or set the
+same environment variables themselves):
+
+- ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep instead of spinning between parallel
+  regions. With the default (active) policy any other load on the machine makes every small
+  op cost milliseconds.
+- ``THP_MEM_ALLOC_ENABLE=1``: PyTorch's CPU allocator uses transparent huge pages, which cuts
+  page faults on large fresh allocations.
+- threads: ``torch.set_num_threads`` to the number of usable cores (``os.sched_getaffinity``)
+  unless ``OMP_NUM_THREADS`` is set.
+
+Existing environment settings always win.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_cpu_defaults() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
+
+
+def set_threads() -> int:
+    """Set torch's intra-op threads to the usable cores (unless OMP_NUM_THREADS is set)."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n = os.cpu_count() or 1
+        torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+def default_device() -> "str":
+    """``"cuda"`` when available, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
