@@ -1,0 +1,33 @@
+# fieldcraft: `make demo` runs the main job on built-in sample data, `make test` runs the tests.
+# Both install everything first (torch==2.13.0 CPU wheel when no torch is present, then the
+# package with its test extras), so they work on a fresh machine.
+PYTHON ?= python3
+export OMP_WAIT_POLICY ?= PASSIVE
+FC = $(PYTHON) -m fieldcraft
+OUT ?= outputs
+
+.PHONY: install demo test bench lint clean
+
+install: .install.stamp
+
+.install.stamp: pyproject.toml
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
+	$(PYTHON) -m pip install -e ".[dev]"
+	touch $@
+
+demo: install
+	$(FC) fit image sample:camera --size 256 --seconds 20 --out $(OUT)/camera
+	$(FC) render image $(OUT)/camera --width 1024 --out $(OUT)/camera/superres_4x.png
+	@echo "demo outputs: $(OUT)/camera (target.png, reconstruction.png, superres_4x.png, psnr_curve.png, metrics.json)"
+
+test: install
+	$(PYTHON) -m pytest
+
+bench: install
+	$(PYTHON) bench/image_fit.py
+
+lint: install
+	$(PYTHON) -m ruff check src tests bench
+
+clean:
+	rm -rf $(OUT) .install.stamp bench/results/*.tmp
