@@ -192,7 +192,9 @@ def fit_image(config: ImageFitConfig, out: Path, budget: Budget, *, resume: bool
     target, info = load_target(config)
     h, w, c = target.shape
     mask = train_mask(config, h, w)
-    field_config = image_field_config(config.preset, c, resolution=max(h, w), seed=config.seed)
+    # grid presets size their finest level to the density of the fitted pixels
+    density = math.sqrt(mask.mean())
+    field_config = image_field_config(config.preset, c, resolution=max(8, round(max(h, w) * density)), seed=config.seed)
     if meta_prev is not None:
         field_config = Config.from_dict(meta_prev["field"])  # type: ignore[assignment]
     torch.manual_seed(config.seed)

@@ -1,0 +1,77 @@
+"""Checkpoints: safetensors + JSON metadata, atomic replacement, optimiser state round trip;
+the training loop's budgets."""
+
+import json
+
+import pytest
+import torch
+
+import fieldcraft
+from fieldcraft.errors import FieldcraftError
+from fieldcraft.io import checkpoint as ckpt
+from fieldcraft.train import Budget, run_loop
+from fieldcraft.train.optimizers import build_optimizer, load_optimizer_state, optimizer_state
+
+
+def test_roundtrip_with_optimizer_state(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model, 1e-2)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    t, m = optimizer_state(opt)
+    ckpt.save_checkpoint(tmp_path, {**ckpt.module_tensors(model, "field"), **t}, {"task": "x", "optimizer": m})
+    tensors, meta = ckpt.load_checkpoint(tmp_path)
+    assert meta["fieldcraft_version"] == fieldcraft.__version__ and meta["task"] == "x"
+    assert json.loads((tmp_path / "config.json").read_text())["task"] == "x"
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = build_optimizer(model2, 1e-2)
+    ckpt.load_module_tensors(model2, tensors, "field")
+    load_optimizer_state(opt2, tensors, meta["optimizer"])
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    # identical next step from the restored optimiser
+    x = torch.randn(4, 3)
+    for mod, o in ((model, opt), (model2, opt2)):
+        o.zero_grad()
+        mod(x).sum().backward()
+        o.step()
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, {"a": torch.ones(3)}, {"step": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", boom)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, {"a": torch.zeros(3)}, {"step": 2})
+    tensors, meta = ckpt.load_checkpoint(tmp_path)
+    assert meta["step"] == 1 and torch.equal(tensors["a"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "config.json"]
+
+
+def test_corrupt_or_missing_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(FieldcraftError, match="no checkpoint"):
+        ckpt.load_checkpoint(tmp_path)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(FieldcraftError, match="unreadable checkpoint"):
+        ckpt.load_checkpoint(tmp_path)
+
+
+def test_budget_steps_and_seconds():
+    calls = []
+    steps, seconds, hist = run_loop(lambda i: calls.append(i) or {"loss": 1.0}, Budget(steps=7), progress=False)
+    assert steps == 7 and calls == list(range(7)) and hist.steps[-1] == 7
+    steps, seconds, _ = run_loop(lambda i: {"loss": 1.0}, Budget(steps=10), start_step=4, progress=False)
+    assert steps == 10
+    import time
+
+    steps, seconds, _ = run_loop(lambda i: time.sleep(0.01) or {}, Budget(seconds=0.1), progress=False)
+    assert 0.1 <= seconds < 0.2 and 5 <= steps <= 11
+    with pytest.raises(FieldcraftError):
+        Budget()
+    with pytest.raises(FieldcraftError):
+        Budget(seconds=float("nan"))
