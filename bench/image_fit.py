@@ -24,11 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fieldcraft.fields.presets import IMAGE_PRESETS  # noqa: E402
-from fieldcraft.runtime import set_threads  # noqa: E402
-from fieldcraft.tasks.image import ImageFitConfig, fit_image, seconds_to  # noqa: E402
-from fieldcraft.train import Budget, History  # noqa: E402
-from fieldcraft.io.checkpoint import load_checkpoint  # noqa: E402
+from fieldcraft.fields.presets import IMAGE_PRESETS
+from fieldcraft.io.checkpoint import load_checkpoint
+from fieldcraft.runtime import set_threads
+from fieldcraft.tasks.image import ImageFitConfig, fit_image, seconds_to
+from fieldcraft.train import Budget, History
 
 
 def at(history: History, *, step: int | None = None, seconds: float | None = None) -> float | None:

@@ -14,11 +14,11 @@ from fieldcraft.fields import image_field_config
 from fieldcraft.io.images import quantize, read_png, write_png
 from fieldcraft.tasks.image import (
     ImageFitConfig,
+    field_derivative,
     fit_image,
     load_image_field,
     pixel_centres,
     psnr,
-    field_derivative,
     render_derivative,
     render_field,
     train_mask,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from fieldcraft.errors import FieldcraftError
 
-_REGISTRY: dict[str, type["Config"]] = {}
+_REGISTRY: dict[str, type[Config]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +49,15 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "Config":
+    def from_dict(data: dict[str, Any]) -> Config:
         """Rebuild a config from :meth:`to_dict` output."""
         return _decode_config(data)
 
     @staticmethod
-    def from_json(text: str) -> "Config":
+    def from_json(text: str) -> Config:
         return _decode_config(json.loads(text))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (dataclasses.replace)."""
         return dataclasses.replace(self, **changes)
 

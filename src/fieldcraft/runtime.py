@@ -38,7 +38,7 @@ def set_threads() -> int:
     return torch.get_num_threads()
 
 
-def default_device() -> "str":
+def default_device() -> str:
     """``"cuda"`` when available, else ``"cpu"``."""
     import torch
 

@@ -26,7 +26,7 @@ from fieldcraft.config import Config
 class EncodingConfig(Config):
     """Base class of encoding configs."""
 
-    def build(self, in_dim: int) -> "Encoding":
+    def build(self, in_dim: int) -> Encoding:
         raise NotImplementedError
 
     def out_dim(self, in_dim: int) -> int:

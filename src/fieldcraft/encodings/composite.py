@@ -34,7 +34,7 @@ class CompositeEncodingConfig(EncodingConfig):
     def out_dim(self, in_dim: int) -> int:
         return sum(p.encoding.out_dim(len(p.dims)) for p in self.parts)
 
-    def build(self, in_dim: int) -> "CompositeEncoding":
+    def build(self, in_dim: int) -> CompositeEncoding:
         used = {d for p in self.parts for d in p.dims}
         check(used == set(range(in_dim)), f"Composite parts read dims {sorted(used)}, expected all of 0..{in_dim - 1}")
         return CompositeEncoding(self, in_dim)

@@ -35,7 +35,7 @@ class FourierFeaturesConfig(EncodingConfig):
     def out_dim(self, in_dim: int) -> int:
         return 2 * self.n_features
 
-    def build(self, in_dim: int) -> "FourierFeatures":
+    def build(self, in_dim: int) -> FourierFeatures:
         return FourierFeatures(self, in_dim)
 
 

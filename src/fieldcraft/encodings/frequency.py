@@ -35,7 +35,7 @@ class FrequencyEncodingConfig(EncodingConfig):
     def out_dim(self, in_dim: int) -> int:
         return in_dim * (2 * self.n_frequencies + int(self.include_input))
 
-    def build(self, in_dim: int) -> "FrequencyEncoding":
+    def build(self, in_dim: int) -> FrequencyEncoding:
         return FrequencyEncoding(self, in_dim)
 
 

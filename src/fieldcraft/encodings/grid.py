@@ -68,7 +68,7 @@ class GridLayout:
         return sum(self.sizes)
 
     @staticmethod
-    def build(dim: int, n_features: int, resolutions: tuple[int, ...], log2_table_size: int) -> "GridLayout":
+    def build(dim: int, n_features: int, resolutions: tuple[int, ...], log2_table_size: int) -> GridLayout:
         cap = 2**log2_table_size
         sizes, hashed = [], []
         for n in resolutions:

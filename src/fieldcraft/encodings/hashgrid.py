@@ -55,7 +55,7 @@ class HashGridConfig(EncodingConfig):
         res = level_resolutions(self.n_levels, self.base_resolution, self.max_resolution, self.per_level_scale)
         return GridLayout.build(in_dim, self.n_features, res, self.log2_table_size)
 
-    def build(self, in_dim: int) -> "GridEncoding":
+    def build(self, in_dim: int) -> GridEncoding:
         check(in_dim in (1, 2, 3, 4), f"HashGrid supports 1-4 input dimensions, got {in_dim}")
         check(self.n_features in (1, 2, 4, 8), f"HashGrid n_features must be 1, 2, 4 or 8, got {self.n_features}")
         check(self.backend in ("auto", "torch", "fast"), f"HashGrid backend must be auto|torch|fast, got {self.backend!r}")
@@ -84,7 +84,7 @@ class DenseGridConfig(EncodingConfig):
         rows = (self.resolution + 1) ** in_dim
         return GridLayout(in_dim, self.n_features, (self.resolution,), (rows,), (False,))
 
-    def build(self, in_dim: int) -> "GridEncoding":
+    def build(self, in_dim: int) -> GridEncoding:
         check(in_dim in (1, 2, 3, 4), f"DenseGrid supports 1-4 input dimensions, got {in_dim}")
         check(self.n_features in (1, 2, 4, 8), f"DenseGrid n_features must be 1, 2, 4 or 8, got {self.n_features}")
         return GridEncoding(self, in_dim, self.layout(in_dim), self.init_scale, self.backend)

@@ -18,7 +18,7 @@ class IdentityEncodingConfig(EncodingConfig):
     def out_dim(self, in_dim: int) -> int:
         return in_dim
 
-    def build(self, in_dim: int) -> "IdentityEncoding":
+    def build(self, in_dim: int) -> IdentityEncoding:
         return IdentityEncoding(self, in_dim)
 
 

@@ -28,7 +28,7 @@ class FieldConfig(Config):
     encoding: EncodingConfig = dataclasses.field(default_factory=IdentityEncodingConfig)
     network: MLPConfig = dataclasses.field(default_factory=MLPConfig)
 
-    def build(self) -> "Field":
+    def build(self) -> Field:
         return Field(self)
 
 

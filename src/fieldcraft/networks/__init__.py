@@ -4,4 +4,4 @@ Gaussian or tanh activations."""
 from fieldcraft.networks.activations import Gaussian, Sine
 from fieldcraft.networks.mlp import MLP, MLPConfig
 
-__all__ = ["MLP", "MLPConfig", "Sine", "Gaussian"]
+__all__ = ["MLP", "Gaussian", "MLPConfig", "Sine"]

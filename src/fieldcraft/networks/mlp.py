@@ -47,7 +47,7 @@ class MLPConfig(Config):
     gaussian_a: float = 0.1
     bias: bool = True
 
-    def build(self, in_dim: int, out_dim: int) -> "MLP":
+    def build(self, in_dim: int, out_dim: int) -> MLP:
         check(self.activation in ACTIVATIONS, f"unknown activation {self.activation!r} (use {'|'.join(ACTIVATIONS)})")
         check(self.output_activation in OUTPUT_ACTIVATIONS,
               f"unknown output activation {self.output_activation!r} (use {'|'.join(OUTPUT_ACTIVATIONS)})")

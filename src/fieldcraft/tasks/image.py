@@ -32,8 +32,13 @@ from fieldcraft.config import Config
 from fieldcraft.data.images import load_image
 from fieldcraft.errors import FieldcraftError, check
 from fieldcraft.fields import Field, FieldConfig, image_field_config
-from fieldcraft.io.checkpoint import atomic_write_bytes, load_checkpoint, load_module_tensors, module_tensors, \
-    save_checkpoint
+from fieldcraft.io.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    load_module_tensors,
+    module_tensors,
+    save_checkpoint,
+)
 from fieldcraft.io.images import read_png, write_png
 from fieldcraft.io.plots import plot_curve
 from fieldcraft.train import Budget, History, run_loop
@@ -110,7 +115,7 @@ def render_field(field: Field, height: int, width: int, chunk: int = 1 << 18) ->
     return out.reshape(height, width, -1).float().cpu().numpy()
 
 
-def field_derivative(field: Field, xy: Float[Tensor, "n 2"], kind: str) -> Float[Tensor, "n"]:
+def field_derivative(field: Field, xy: Float[Tensor, "n 2"], kind: str) -> Float[Tensor, " n"]:
     """``|grad f|`` (``kind="grad"``: Euclidean norm over x, y and channels) or the Laplacian
     ``d2f/dx2 + d2f/dy2`` summed over channels (``kind="laplace"``) at points ``xy``, by autograd."""
     check(kind in ("grad", "laplace"), f"--derivative must be grad or laplace, got {kind!r}")

@@ -16,7 +16,7 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
@@ -63,7 +63,7 @@ class History:
         return {"step": self.steps, "seconds": self.seconds, "values": self.values}
 
     @staticmethod
-    def from_dict(d: dict) -> "History":
+    def from_dict(d: dict) -> History:
         return History(list(d.get("step", [])), list(d.get("seconds", [])), list(d.get("values", [])))
 
 
