@@ -19,14 +19,23 @@ from fieldcraft.networks import MLPConfig
 
 @dataclasses.dataclass(frozen=True)
 class FieldConfig(Config):
-    """Fields: ``in_dim`` and ``out_dim`` (coordinate and value dimensions), ``encoding``
-    (any :class:`~fieldcraft.encodings.EncodingConfig`), ``network`` (an :class:`MLPConfig`)."""
+    """Fields:
+
+    - ``in_dim``, ``out_dim``: coordinate and value dimensions.
+    - ``encoding``: any :class:`~fieldcraft.encodings.EncodingConfig`.
+    - ``network``: an :class:`MLPConfig`.
+    - ``output_scale``, ``output_offset``: values = network output * scale + offset. SIREN fits
+      signals normalised to ``[-1, 1]``; scale 0.5 and offset 0.5 give ``[0, 1]`` values while
+      the network sees the paper's range (its zero-mean output needs no large bias).
+    """
 
     type_name = "Field"
     in_dim: int = 2
     out_dim: int = 3
     encoding: EncodingConfig = dataclasses.field(default_factory=IdentityEncodingConfig)
     network: MLPConfig = dataclasses.field(default_factory=MLPConfig)
+    output_scale: float = 1.0
+    output_offset: float = 0.0
 
     def build(self) -> Field:
         return Field(self)
@@ -41,4 +50,7 @@ class Field(nn.Module):
         self.network = config.network.build(self.encoding.out_dim, config.out_dim)
 
     def forward(self, x: Float[Tensor, "*batch in_dim"]) -> Float[Tensor, "*batch out_dim"]:
-        return self.network(self.encoding(x))
+        y = self.network(self.encoding(x))
+        if self.config.output_scale != 1.0 or self.config.output_offset != 0.0:
+            y = y * self.config.output_scale + self.config.output_offset
+        return y

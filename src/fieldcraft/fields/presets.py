@@ -3,10 +3,10 @@
 | preset | encoding | network | reference |
 |---|---|---|---|
 | ``hash`` (default) | hash grid, L=16, F=2, N_min=16, N_max = 2 x longer image side | 64 x 2 ReLU | Instant-NGP (image config, sized to the image) |
-| ``siren`` | identity | 256 x 3 sine, omega_0 = 30 | SIREN image fitting |
+| ``siren`` | identity | 4 x 256 sine layers, omega_0 = 30, values in [-1, 1] | SIREN image fitting |
 | ``relu-pe`` | NeRF positional encoding, L=10 | 256 x 4 ReLU, sigmoid out | NeRF / FF paper baseline |
 | ``fourier`` | Gaussian Fourier features, m=256, sigma=10 | 256 x 4 ReLU, sigmoid out | Tancik et al. 2020 |
-| ``gauss`` | identity | 256 x 4 Gaussian, a=0.05 | Ramasinghe & Lucey 2022 |
+| ``gauss`` | identity | 256 x 4 Gaussian, a=0.05, values in [-1, 1] | Ramasinghe & Lucey 2022 |
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def image_field_config(preset: str, channels: int, resolution: int = 256, seed: 
     ``resolution`` is the longer side of the image in pixels; only ``hash`` uses it (its finest
     level gets 2 cells per pixel). ``seed`` seeds random encodings (Fourier features).
     """
+    scale, offset = 1.0, 0.0
     if preset == "hash":
         enc = HashGridConfig(n_levels=16, n_features=2, log2_table_size=18, base_resolution=16,
                              max_resolution=max(32, 2 * resolution))
         net = MLPConfig(hidden_width=64, hidden_layers=2, activation="relu")
     elif preset == "siren":
         enc = IdentityEncodingConfig()
-        net = MLPConfig(hidden_width=256, hidden_layers=3, activation="sine", first_omega_0=30.0, hidden_omega_0=30.0)
+        # explore_siren: Siren(hidden_features=256, hidden_layers=3) = 4 sine layers + linear output
+        net = MLPConfig(hidden_width=256, hidden_layers=4, activation="sine", first_omega_0=30.0, hidden_omega_0=30.0)
+        scale, offset = 0.5, 0.5
     elif preset == "relu-pe":
         enc = FrequencyEncodingConfig(n_frequencies=10, include_input=True)
         net = MLPConfig(hidden_width=256, hidden_layers=4, activation="relu", output_activation="sigmoid")
@@ -47,6 +50,7 @@ def image_field_config(preset: str, channels: int, resolution: int = 256, seed: 
     elif preset == "gauss":
         enc = IdentityEncodingConfig()
         net = MLPConfig(hidden_width=256, hidden_layers=4, activation="gaussian", gaussian_a=0.05)
+        scale, offset = 0.5, 0.5
     else:
         raise FieldcraftError(f"unknown preset {preset!r} (choose from {', '.join(IMAGE_PRESETS)})")
-    return FieldConfig(in_dim=2, out_dim=channels, encoding=enc, network=net)
+    return FieldConfig(in_dim=2, out_dim=channels, encoding=enc, network=net, output_scale=scale, output_offset=offset)

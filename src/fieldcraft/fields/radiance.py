@@ -1,0 +1,132 @@
+"""Radiance fields (NeRF): position -> density and colour, colour also depending on view direction.
+
+::
+
+    x in scene box --(to [-1, 1])--> position encoding --> trunk MLP --> [raw density, features]
+    sigma = activation(raw density + density_bias)
+    rgb   = sigmoid(colour MLP([features, direction encoding(d)]))      (colour MLP present)
+          = sigmoid(features[:3])                                         (no colour MLP, tiny-NeRF)
+
+The trunk is a ReLU MLP with optional skip connections (the encoded input is concatenated to
+the input of the listed hidden layers, NeRF's layer 5). Presets in :func:`nerf_field_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from fieldcraft.config import Config
+from fieldcraft.encodings import EncodingConfig, FrequencyEncodingConfig
+from fieldcraft.errors import check
+
+DENSITY_ACTIVATIONS = ("trunc_exp", "relu", "softplus")
+
+
+@dataclasses.dataclass(frozen=True)
+class RadianceFieldConfig(Config):
+    """Fields:
+
+    - ``position_encoding``: encoding of positions (normalised to ``[-1, 1]^3`` over the scene box).
+    - ``trunk_width``, ``trunk_layers``: hidden width and number of hidden layers of the trunk.
+    - ``skips``: hidden layers (0-based) whose input gets the encoded position concatenated.
+    - ``n_features``: features passed to the colour MLP (tiny-NeRF: 3, the colour itself).
+    - ``direction_encoding``: encoding of unit view directions, or None (no view dependence).
+    - ``color_width``, ``color_layers``: colour MLP hidden width and layers; ``color_layers < 0``
+      means no colour MLP (``rgb = sigmoid(features[:3])``).
+    - ``density_activation``: ``trunc_exp`` (Instant-NGP), ``relu`` (NeRF) or ``softplus``.
+    - ``density_bias``: added to the raw density before the activation.
+    """
+
+    type_name = "RadianceField"
+    position_encoding: EncodingConfig = dataclasses.field(default_factory=FrequencyEncodingConfig)
+    trunk_width: int = 64
+    trunk_layers: int = 1
+    skips: tuple[int, ...] = ()
+    n_features: int = 15
+    direction_encoding: EncodingConfig | None = None
+    color_width: int = 64
+    color_layers: int = 2
+    density_activation: str = "trunc_exp"
+    density_bias: float = 0.0
+
+    def build(self, aabb: Tensor) -> RadianceField:
+        check(self.density_activation in DENSITY_ACTIVATIONS,
+              f"unknown density activation {self.density_activation!r} (use {'|'.join(DENSITY_ACTIVATIONS)})")
+        check(self.color_layers >= 0 or self.n_features >= 3, "without a colour MLP the field needs n_features >= 3")
+        return RadianceField(self, aabb)
+
+
+class _TruncExp(torch.autograd.Function):
+    """``exp(x)`` with the gradient's exponent clamped at 15 (torch-ngp), avoiding overflow."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    return _TruncExp.apply(x)
+
+
+class RadianceField(nn.Module):
+    """``density(x) -> sigma [n]`` and ``forward(x, d) -> (sigma [n], rgb [n, 3])`` on world points."""
+
+    def __init__(self, config: RadianceFieldConfig, aabb: Tensor) -> None:
+        super().__init__()
+        c = self.config = config
+        self.register_buffer("aabb", aabb.clone().float())
+        self.position_encoding = c.position_encoding.build(3)
+        e = self.position_encoding.out_dim
+        layers, width_in = [], e
+        for i in range(c.trunk_layers):
+            layers.append(nn.Linear(width_in + (e if i in c.skips and i > 0 else 0), c.trunk_width))
+            width_in = c.trunk_width
+        self.trunk = nn.ModuleList(layers)
+        self.trunk_out = nn.Linear(width_in, 1 + c.n_features)
+        self.direction_encoding = c.direction_encoding.build(3) if c.direction_encoding is not None else None
+        if c.color_layers >= 0:
+            d_in = c.n_features + (self.direction_encoding.out_dim if self.direction_encoding is not None else 0)
+            widths = [d_in] + [c.color_width] * c.color_layers + [3]
+            self.color = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        else:
+            self.color = None
+
+    def normalize(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
+        """World points to ``[-1, 1]^3`` over the scene box."""
+        return (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
+
+    def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        enc = self.position_encoding(self.normalize(x))
+        h = enc
+        for i, lin in enumerate(self.trunk):
+            if i in self.config.skips and i > 0:
+                h = torch.cat([h, enc], -1)
+            h = torch.relu(lin(h))
+        out = self.trunk_out(h)
+        raw = out[:, 0] + self.config.density_bias
+        act = self.config.density_activation
+        sigma = trunc_exp(raw) if act == "trunc_exp" else torch.relu(raw) if act == "relu" else nn.functional.softplus(raw)
+        return sigma, out[:, 1:]
+
+    def density(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
+        return self._trunk(x)[0]
+
+    def forward(self, x: Float[Tensor, "n 3"], d: Float[Tensor, "n 3"] | None = None
+                ) -> tuple[Float[Tensor, " n"], Float[Tensor, "n 3"]]:
+        sigma, feat = self._trunk(x)
+        if self.color is None:
+            return sigma, torch.sigmoid(feat[:, :3])
+        h = feat if self.direction_encoding is None else torch.cat([feat, self.direction_encoding(d)], -1)
+        for lin in self.color[:-1]:
+            h = torch.relu(lin(h))
+        return sigma, torch.sigmoid(self.color[-1](h))
