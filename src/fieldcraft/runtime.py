@@ -12,6 +12,11 @@ same environment variables themselves):
   unless ``OMP_NUM_THREADS`` is set.
 
 Existing environment settings always win.
+
+The numba grid kernels (:mod:`fieldcraft.encodings.kernels`) and the row-sparse Adam use
+``torch.get_num_threads()`` threads, so :func:`set_threads` / ``torch.set_num_threads``
+controls them too. :func:`cpu_autocast` offers bf16 autocast for wide MLPs (see
+``docs/performance.md`` for its speed and PSNR cost).
 """
 
 from __future__ import annotations
@@ -36,6 +41,22 @@ def set_threads() -> int:
             n = os.cpu_count() or 1
         torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def cpu_autocast(enabled: bool = True):
+    """Context manager running matmuls in bfloat16 on the CPU (weights stay float32).
+
+    Worth it for wide MLPs (256 units) on CPUs with AMX/AVX512-BF16; no gain for 64-wide
+    ones. Cast outputs back with ``.float()`` before the loss. ``enabled=False`` is a no-op.
+
+    >>> import torch
+    >>> with cpu_autocast():
+    ...     torch.nn.Linear(4, 4)(torch.ones(2, 4)).dtype
+    torch.bfloat16
+    """
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def default_device() -> str:

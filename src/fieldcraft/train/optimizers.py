@@ -1,8 +1,8 @@
-"""Optimiser construction for fields, in one place.
+"""Optimiser construction for fields, in one place, and its checkpoint state.
 
 :func:`build_optimizer` gives Adam with Instant-NGP's settings for grid tables (betas
-0.9/0.99, eps 1e-15) and PyTorch's defaults elsewhere. When the sparse-row Adam of
-:mod:`fieldcraft.train.optim` is available it is used for grid tables.
+0.9/0.99, eps 1e-15, only touched rows updated; :mod:`fieldcraft.train.optim`) and PyTorch's
+defaults elsewhere.
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ from fieldcraft.io.checkpoint import load_optimizer_tensors, optimizer_tensors
 
 
 def build_optimizer(module: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam over all parameters of ``module``: grid tables with betas (0.9, 0.99) and
-    eps 1e-15 (Instant-NGP), every other parameter with PyTorch's defaults."""
-    from fieldcraft.encodings import GridEncoding
+    """Adam over all parameters of ``module`` (:class:`~fieldcraft.train.optim.RowSparseAdam`):
+    grid tables with betas (0.9, 0.99), eps 1e-15 and row-lazy updates (Instant-NGP), every
+    other parameter with PyTorch's Adam defaults."""
+    from fieldcraft.train.optim import grid_param_groups, make_optimizer
 
-    tables = [m.table for m in module.modules() if isinstance(m, GridEncoding)]
-    ids = {id(t) for t in tables}
-    rest = [p for p in module.parameters() if id(p) not in ids]
-    groups = []
-    if tables:
-        groups.append({"params": tables, "betas": (0.9, 0.99), "eps": 1e-15})
-    if rest:
-        groups.append({"params": rest})
-    return torch.optim.Adam(groups, lr=lr)
+    groups = grid_param_groups(module)
+    for group in groups:
+        if group["sparse_rows"]:
+            group.update(betas=(0.9, 0.99), eps=1e-15)
+    return make_optimizer(groups, lr=lr)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
