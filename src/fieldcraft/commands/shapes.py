@@ -1,0 +1,175 @@
+"""``fieldcraft fit sdf|occupancy|autodecoder``, ``export mesh``, ``render sdf``, ``eval mesh``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
+    p = verbs["fit"].add_parser("sdf", help="fit a signed distance field to a mesh or oriented point cloud",
+                                description="Fit an SDF; writes checkpoint, mesh.ply (input coordinates), "
+                                            "renders/view_XX.png and metrics.json (mesh inputs) to --out.")
+    p.add_argument("source", help="mesh (OBJ/PLY/STL/GLB/OFF) or oriented point cloud (PLY with nx ny nz)")
+    p.add_argument("--loss", choices=["regression", "eikonal"], default="regression",
+                   help="regression: DeepSDF clamped L1 on exact distances (default, fast); eikonal: SIREN losses")
+    _common(p)
+    p.set_defaults(func=_fit_sdf)
+
+    o = verbs["fit"].add_parser("occupancy", help="fit an occupancy field (BCE) to a mesh",
+                                description="Fit occupancy logits; writes checkpoint, mesh.ply and metrics.json.")
+    o.add_argument("source", help="mesh file")
+    _common(o)
+    o.set_defaults(func=_fit_occupancy, loss="occupancy")
+
+    a = verbs["fit"].add_parser("autodecoder", help="DeepSDF auto-decoder over several meshes + latent interpolation",
+                                description="One decoder and one latent code per mesh; writes shape_K.ply and "
+                                            "interp_XX.ply (between the first two codes).")
+    a.add_argument("sources", nargs="+", help="mesh files")
+    a.add_argument("--out", required=True, type=Path)
+    _budget_args(a)
+    a.add_argument("--interpolate", type=int, default=5, help="number of interpolated meshes (ends included)")
+    a.add_argument("--resolution", type=int, default=128)
+    a.add_argument("--latent-dim", type=int, default=32)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_fit_autodecoder)
+
+    e = verbs["export"].add_parser("mesh", help="marching cubes (dense or MISE) of a fitted shape")
+    e.add_argument("directory", type=Path, help="output directory of 'fit sdf' / 'fit occupancy'")
+    e.add_argument("--resolution", type=int, default=256, help="cells per axis over the normalised cube")
+    e.add_argument("--mise", action="store_true", help="multiresolution extraction (only cells near the surface)")
+    e.add_argument("--out", required=True, type=Path, help="mesh file to write (.ply or .obj), input coordinates")
+    e.set_defaults(func=_export)
+
+    r = verbs["render"].add_parser("sdf", help="sphere-trace a fitted SDF to PNGs")
+    r.add_argument("directory", type=Path)
+    r.add_argument("--out", required=True, type=Path, help="directory for view_XX.png")
+    r.add_argument("--views", type=int, default=4)
+    r.add_argument("--size", type=int, default=256)
+    r.set_defaults(func=_render)
+
+    m = verbs["eval"].add_parser("mesh", help="Chamfer, normal consistency, F-score, IoU of a mesh against ground truth")
+    m.add_argument("pred", help="predicted mesh")
+    m.add_argument("gt", help="ground-truth mesh (its bounding box defines the [-1, 1]^3 normalisation)")
+    m.add_argument("--tau", type=float, default=0.01, help="F-score threshold (normalised units)")
+    m.add_argument("--points", type=int, default=100_000, help="surface samples per mesh")
+    m.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
+    m.set_defaults(func=_eval)
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, default=None, help="number of optimisation steps")
+    group.add_argument("--seconds", type=float, default=None, help="fitting-time budget in seconds")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    _budget_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--preset", default="hash", choices=["hash", "siren"], help="field preset")
+    p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution of mesh.ply")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-render", action="store_true", help="skip the sphere-traced PNGs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _budget(args: argparse.Namespace, default_seconds: float):
+    from fieldcraft.train import Budget
+
+    if args.steps is None and args.seconds is None:
+        return Budget(seconds=default_seconds)
+    return Budget(steps=args.steps, seconds=args.seconds)
+
+
+def _task_config(args: argparse.Namespace):
+    from fieldcraft.tasks.sdf import SDFTaskConfig, default_task_config, sdf_field_config
+
+    config = default_task_config(args.loss)
+    changes = {"seed": args.seed}
+    if args.preset != "hash":
+        changes["field"] = sdf_field_config(args.preset)
+    if args.batch_size:
+        changes["batch_size"] = args.batch_size
+    if args.lr:
+        changes["lr"] = args.lr
+    config = config.replace(**changes)
+    assert isinstance(config, SDFTaskConfig)
+    return config
+
+
+def _fit_sdf(args: argparse.Namespace) -> int:
+    from fieldcraft.tasks.sdf import fit_shape
+
+    metrics = fit_shape(args.source, args.out, _task_config(args), _budget(args, 120.0), resume=args.resume,
+                        progress=not args.quiet, resolution=args.resolution, render=not args.no_render)
+    _report(args.out, metrics)
+    return 0
+
+
+def _fit_occupancy(args: argparse.Namespace) -> int:
+    from fieldcraft.errors import FieldcraftError
+    from fieldcraft.geometry.mesh import load_shape
+    from fieldcraft.tasks.sdf import fit_shape
+
+    if not load_shape(args.source).is_mesh:
+        raise FieldcraftError(f"{args.source}: occupancy fitting needs a mesh (inside/outside), got a point cloud")
+    metrics = fit_shape(args.source, args.out, _task_config(args), _budget(args, 120.0), resume=args.resume,
+                        progress=not args.quiet, resolution=args.resolution, render=False)
+    _report(args.out, metrics)
+    return 0
+
+
+def _fit_autodecoder(args: argparse.Namespace) -> int:
+    from fieldcraft.tasks.sdf import AutoDecoderConfig, fit_autodecoder
+
+    base = AutoDecoderConfig()
+    config = base.replace(latent_dim=args.latent_dim, task=base.task.replace(seed=args.seed))
+    result = fit_autodecoder(args.sources, args.out, config, _budget(args, 120.0), interpolate=args.interpolate,
+                             resolution=args.resolution, progress=not args.quiet)
+    _report(args.out, result)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fieldcraft.tasks.sdf import export_shape_mesh
+
+    stats = export_shape_mesh(args.directory, args.out, args.resolution, mise=args.mise)
+    print(f"wrote {args.out}: {stats['vertices']} vertices, {stats['faces']} faces, "
+          f"{stats['method']} at {args.resolution}, {stats['seconds']:.2f} s, {stats['evaluations']} field evaluations")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from fieldcraft.tasks.sdf import render_shape
+
+    paths = render_shape(args.directory, args.out, args.views, args.size)
+    print(f"wrote {len(paths)} views to {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fieldcraft.geometry.mesh import load_shape
+    from fieldcraft.geometry.metrics import mesh_metrics
+    from fieldcraft.io.checkpoint import atomic_write_bytes
+
+    pred, gt = load_shape(args.pred), load_shape(args.gt)
+    metrics = mesh_metrics((pred.trimesh().vertices, pred.faces), (gt.vertices, gt.faces), n_points=args.points,
+                           tau=args.tau)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.out is not None:
+        atomic_write_bytes(args.out, (text + "\n").encode())
+    return 0
+
+
+def _report(out: Path, metrics: dict) -> None:
+    keys = ("loss", "steps", "fit_seconds", "sampling_seconds", "extraction_seconds", "chamfer_l1", "normal_consistency",
+            "f_score", "iou")
+    shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items() if k in keys}
+    print(json.dumps(shown))
+    print(f"outputs in {out}")
