@@ -422,6 +422,9 @@ def grid_encode_fast(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows F"], 
     if reason is not None:
         _warn_once(reason)
         return grid_encode_reference(u, table, layout)
+    if not (torch.is_grad_enabled() and table.requires_grad):  # no graph: no autograd node (inference mode too)
+        out = _run_forward(u.detach().contiguous().numpy(), table.detach().contiguous().numpy(), layout, num_threads())
+        return torch.from_numpy(out)
     return _GridEncodeFunction.apply(u, table, layout)
 
 
