@@ -7,6 +7,7 @@
 | :class:`FourierFeaturesConfig` | Tancik et al. Gaussian Fourier features | ``2 m`` |
 | :class:`HashGridConfig` | Instant-NGP multiresolution hash grid | ``L F`` |
 | :class:`DenseGridConfig` | dense voxel grid (Plenoxels, DVGO) | ``F`` |
+| :class:`SphericalHarmonicsConfig` | real spherical harmonics of directions (Instant-NGP) | ``degree^2`` |
 | :class:`CompositeEncodingConfig` | per-dimension encodings (tiny-cuda-nn) | sum of parts |
 """
 
@@ -16,6 +17,7 @@ from fieldcraft.encodings.fourier import FourierFeaturesConfig
 from fieldcraft.encodings.frequency import FrequencyEncodingConfig
 from fieldcraft.encodings.hashgrid import DenseGridConfig, GridEncoding, HashGridConfig
 from fieldcraft.encodings.identity import IdentityEncodingConfig
+from fieldcraft.encodings.spherical_harmonics import SphericalHarmonicsConfig
 
 __all__ = [
     "Encoding",
@@ -28,4 +30,5 @@ __all__ = [
     "GridEncoding",
     "CompositeEncodingConfig",
     "CompositePart",
+    "SphericalHarmonicsConfig",
 ]

@@ -1,0 +1,150 @@
+"""Posed images: what every multi-view reader (Blender, nerfstudio, LLFF) returns.
+
+:func:`load_posed_images` detects the format of a dataset directory:
+
+- ``transforms_train.json`` -> NeRF-synthetic / Blender (:mod:`fieldcraft.data.blender`),
+- ``transforms.json`` -> nerfstudio / instant-ngp (:mod:`fieldcraft.data.nerfstudio`),
+- ``poses_bounds.npy`` -> LLFF (:mod:`fieldcraft.data.llff`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from fieldcraft.data.cameras import Cameras
+from fieldcraft.errors import FieldcraftError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class PosedImages:
+    """Images of one split with their cameras.
+
+    - ``images``: ``[n, H, W, C]`` float32 in ``[0, 1]``; ``C = 4`` (straight RGBA, not yet
+      composited: see :func:`composite`) or ``C = 3``.
+    - ``cameras``: :class:`~fieldcraft.data.cameras.Cameras` (OpenGL convention).
+    - ``names``: file name of each image relative to its split folder (used for outputs).
+    - ``near, far``: ray distance bounds (world units; NDC ``0, 1`` for forward-facing scenes).
+    - ``aabb``: ``[2, 3]`` scene box (min, max) the field is defined on.
+    - ``ndc``: rays are warped to normalised device coordinates (LLFF forward-facing).
+    - ``source``: the file the split was read from (for messages).
+    """
+
+    images: Float[Tensor, "n H W C"]
+    cameras: Cameras
+    names: list[str]
+    near: float
+    far: float
+    aabb: Float[Tensor, "2 3"]
+    ndc: bool = False
+    source: str = ""
+    format: str = ""
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, idx: list[int]) -> PosedImages:
+        return dataclasses.replace(self, images=self.images[idx], cameras=self.cameras[idx],
+                                   names=[self.names[i] for i in idx])
+
+
+def composite(images: Float[Tensor, "*b C"], background: Float[Tensor, "*#b 3"]) -> Float[Tensor, "*b 3"]:
+    """Composite straight-alpha RGBA on a background colour (``rgb a + bg (1 - a)``); RGB passes through.
+
+    >>> composite(torch.tensor([[1.0, 0.0, 0.0, 0.25]]), torch.ones(3))
+    tensor([[1.0000, 0.7500, 0.7500]])
+    """
+    if images.shape[-1] == 3:
+        return images
+    rgb, a = images[..., :3], images[..., 3:4]
+    return rgb * a + background * (1.0 - a)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as float32 ``[H, W, C]`` in ``[0, 1]`` (8- or 16-bit; grey becomes RGB)."""
+    import imageio.v3 as iio
+
+    if not path.is_file():
+        raise FieldcraftError(f"{path}: image file not found")
+    try:
+        arr = np.asarray(iio.imread(path))
+    except Exception as exc:  # noqa: BLE001 (imageio raises many types for bad files)
+        raise FieldcraftError(f"{path}: unreadable image ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+    arr = arr.astype(np.float32) / scale
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise FieldcraftError(f"{path}: expected an RGB or RGBA image, got shape {arr.shape}")
+    return arr
+
+
+def stack_images(arrays: list[np.ndarray], paths: list[Path], size: tuple[int, int] | None = None) -> Tensor:
+    """Stack equally sized images (resizing to ``size = (H, W)`` if given) into ``[n, H, W, C]``."""
+    import skimage.transform
+
+    out = []
+    channels = max(a.shape[-1] for a in arrays)
+    for a, p in zip(arrays, paths):
+        if size is not None and a.shape[:2] != size:
+            a = skimage.transform.resize(a, size + (a.shape[2],), anti_aliasing=True, preserve_range=True).astype(np.float32)
+        if a.shape[:2] != arrays[0].shape[:2] and size is None:
+            raise FieldcraftError(f"{p}: image size {a.shape[:2]} differs from {arrays[0].shape[:2]} of {paths[0]}")
+        if a.shape[-1] < channels:
+            a = np.concatenate([a, np.ones_like(a[..., :1])], -1)
+        out.append(a)
+    return torch.from_numpy(np.stack(out))
+
+
+def load_posed_images(path: str | Path, split: str = "train", max_images: int | None = None) -> PosedImages:
+    """Read one split of a dataset directory (format detected, see module docstring)."""
+    path = Path(path)
+    if split not in SPLITS:
+        raise FieldcraftError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+    if not path.exists():
+        raise FieldcraftError(f"{path}: dataset directory not found")
+    if path.is_file() and path.name.startswith("transforms") and path.suffix == ".json":
+        path = path.parent
+    if (path / "transforms_train.json").exists():
+        from fieldcraft.data.blender import load_blender
+
+        return load_blender(path, split, max_images=max_images)
+    if (path / "transforms.json").exists():
+        from fieldcraft.data.nerfstudio import load_nerfstudio
+
+        return load_nerfstudio(path / "transforms.json", split, max_images=max_images)
+    if (path / "poses_bounds.npy").exists():
+        from fieldcraft.data.llff import load_llff
+
+        return load_llff(path, split, max_images=max_images)
+    raise FieldcraftError(f"{path}: not a NeRF dataset (expected transforms_train.json, transforms.json or poses_bounds.npy)")
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON file into a dict, one-line errors for missing or malformed files."""
+    import json
+
+    if not path.is_file():
+        raise FieldcraftError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FieldcraftError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise FieldcraftError(f"{path}: expected a JSON object at the top level")
+    return data

@@ -1,0 +1,83 @@
+"""Rays from cameras: pixel centres, camera rays, ray/box clipping, NDC warping.
+
+Conventions are those of :mod:`fieldcraft.data.cameras` (OpenGL axes, rays through pixel
+centres). Ray points are ``o + t d``; with ``normalize=True`` directions have unit length so
+``t`` is a distance in world units.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from fieldcraft.data.cameras import Cameras, camera_directions
+
+
+def pixel_centres(height: int, width: int, device=None) -> tuple[Float[Tensor, " hw"], Float[Tensor, " hw"]]:
+    """Pixel-centre coordinates ``(u, v) = (j + 0.5, i + 0.5)`` of an image, row-major.
+
+    >>> pixel_centres(1, 2)
+    (tensor([0.5000, 1.5000]), tensor([0.5000, 0.5000]))
+    """
+    v, u = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32) + 0.5,
+                          torch.arange(width, device=device, dtype=torch.float32) + 0.5, indexing="ij")
+    return u.reshape(-1), v.reshape(-1)
+
+
+def camera_rays(cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], v: Float[Tensor, " m"],
+                normalize: bool = True) -> tuple[Float[Tensor, "m 3"], Float[Tensor, "m 3"]]:
+    """World-space origins and directions of the rays through pixel coordinates ``(u, v)`` of cameras ``cam``.
+
+    >>> c = Cameras.from_fov(torch.eye(4)[None], 1.0, 4, 4)
+    >>> o, d = camera_rays(c, torch.tensor([0]), torch.tensor([2.0]), torch.tensor([2.0]))
+    >>> o.tolist(), (d + 0.0).tolist()
+    ([[0.0, 0.0, 0.0]], [[0.0, 0.0, -1.0]])
+    """
+    local = camera_directions(cameras, u, v, cam)
+    c2w = cameras.c2w[cam]
+    dirs = torch.einsum("mij,mj->mi", c2w[:, :, :3], local)
+    if normalize:
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    return c2w[:, :, 3].expand_as(dirs).contiguous(), dirs
+
+
+def ray_aabb(origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], aabb: Float[Tensor, "2 3"]
+             ) -> tuple[Float[Tensor, " m"], Float[Tensor, " m"]]:
+    """Entry and exit distances of rays through an axis-aligned box (slab method).
+
+    Rays that miss get ``t_near > t_far``.
+
+    >>> ray_aabb(torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    (tensor([4.]), tensor([6.]))
+    """
+    inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    t0 = (aabb[0] - origins) * inv
+    t1 = (aabb[1] - origins) * inv
+    t_near = torch.minimum(t0, t1).amax(-1)
+    t_far = torch.maximum(t0, t1).amin(-1)
+    return t_near, t_far
+
+
+def ndc_rays(origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], fx: float, fy: float, width: int, height: int,
+             near: float = 1.0) -> tuple[Float[Tensor, "m 3"], Float[Tensor, "m 3"]]:
+    """Warp forward-facing rays into normalised device coordinates (NeRF appendix C).
+
+    Origins are first moved to the plane ``z = -near``; the warped ray ``o' + t d'`` spans the
+    view frustum from the near plane (``t = 0``, ``z' = -1``) to infinity (``t = 1``, ``z' = 1``).
+    Directions are not normalised.
+
+    >>> o, d = ndc_rays(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, -1.0]]), 1.0, 1.0, 2, 2)
+    >>> (o + 0.0).abs().tolist(), (d + 0.0).abs().tolist()
+    ([[0.0, 0.0, 1.0]], [[0.0, 0.0, 2.0]])
+    """
+    t = -(near + origins[:, 2]) / dirs[:, 2]
+    o = origins + t[:, None] * dirs
+    ax, ay = -2.0 * fx / width, -2.0 * fy / height
+    o0 = ax * o[:, 0] / o[:, 2]
+    o1 = ay * o[:, 1] / o[:, 2]
+    o2 = 1.0 + 2.0 * near / o[:, 2]
+    d0 = ax * (dirs[:, 0] / dirs[:, 2] - o[:, 0] / o[:, 2])
+    d1 = ay * (dirs[:, 1] / dirs[:, 2] - o[:, 1] / o[:, 2])
+    d2 = -2.0 * near / o[:, 2]
+    return torch.stack([o0, o1, o2], -1), torch.stack([d0, d1, d2], -1)
