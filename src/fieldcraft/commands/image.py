@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fieldcraft.commands.common import add_budget_arguments, budget_from_args
+
 
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     from fieldcraft.fields.presets import DEFAULT_IMAGE_PRESET, IMAGE_PRESETS
@@ -16,7 +18,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("source", help="image file (PNG/JPEG/TIFF) or sample:NAME (scikit-image: camera, astronaut, ...)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--preset", default=DEFAULT_IMAGE_PRESET, help=f"field preset: {', '.join(IMAGE_PRESETS)}")
-    _budget_args(p)
+    add_budget_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, help="resize the longer side to N pixels (anti-aliased)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
@@ -34,7 +36,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     g.add_argument("source")
     g.add_argument("--out", required=True, type=Path)
     g.add_argument("--preset", default="siren")
-    _budget_args(g)
+    add_budget_arguments(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
@@ -50,7 +52,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     b.add_argument("--weight", type=float, default=0.5, help="constant weight w of image A")
     b.add_argument("--mask", default=None, help="PNG weight map for A (white = A, black = B); overrides --weight")
     b.add_argument("--preset", default="siren")
-    _budget_args(b)
+    add_budget_arguments(b)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", type=int, default=256)
     b.add_argument("--lr", type=float, default=None)
@@ -68,27 +70,13 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     r.set_defaults(func=_render)
 
 
-def _budget_args(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, default=None, help="number of optimisation steps")
-    group.add_argument("--seconds", type=float, default=None, help="fitting-time budget in seconds")
-
-
-def _budget(args: argparse.Namespace, default_steps: int):
-    from fieldcraft.train import Budget
-
-    if args.steps is None and args.seconds is None:
-        return Budget(steps=default_steps)
-    return Budget(steps=args.steps, seconds=args.seconds)
-
-
 def _fit(args: argparse.Namespace) -> int:
     from fieldcraft.tasks.image import ImageFitConfig, fit_image
 
     config = ImageFitConfig(source=args.source, preset=args.preset, size=args.size, seed=args.seed, lr=args.lr,
                             train_fraction=args.train_fraction, mask=args.mask, protocol=args.protocol,
                             batch_size=args.batch_size)
-    metrics = fit_image(config, args.out, _budget(args, 2000), resume=args.resume, progress=not args.quiet)
+    metrics = fit_image(config, args.out, budget_from_args(args, default_steps=2000), resume=args.resume, progress=not args.quiet)
     _report(args.out, metrics)
     return 0
 
@@ -97,7 +85,7 @@ def _fit_gradients(args: argparse.Namespace) -> int:
     from fieldcraft.tasks.gradient_domain import GradientFitConfig, fit_gradients
 
     config = GradientFitConfig(sources=(args.source,), preset=args.preset, size=args.size, seed=args.seed, lr=args.lr)
-    metrics = fit_gradients(config, args.out, _budget(args, 1000), progress=not args.quiet)
+    metrics = fit_gradients(config, args.out, budget_from_args(args, default_steps=1000), progress=not args.quiet)
     _report(args.out, metrics)
     return 0
 
@@ -107,7 +95,7 @@ def _fit_blend(args: argparse.Namespace) -> int:
 
     config = GradientFitConfig(sources=(args.source_a, args.source_b), weight=args.weight, mask=args.mask,
                                preset=args.preset, size=args.size, seed=args.seed, lr=args.lr)
-    metrics = fit_gradients(config, args.out, _budget(args, 1000), progress=not args.quiet)
+    metrics = fit_gradients(config, args.out, budget_from_args(args, default_steps=1000), progress=not args.quiet)
     _report(args.out, metrics)
     return 0
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fieldcraft.commands.common import add_budget_arguments, budget_from_args
+
 
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p = verbs["fit"].add_parser("sdf", help="fit a signed distance field to a mesh or oriented point cloud",
@@ -28,7 +30,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
                                             "interp_XX.ply (between the first two codes).")
     a.add_argument("sources", nargs="+", help="mesh files")
     a.add_argument("--out", required=True, type=Path)
-    _budget_args(a)
+    add_budget_arguments(a)
     a.add_argument("--interpolate", type=int, default=5, help="number of interpolated meshes (ends included)")
     a.add_argument("--resolution", type=int, default=128)
     a.add_argument("--latent-dim", type=int, default=32)
@@ -59,15 +61,9 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     m.set_defaults(func=_eval)
 
 
-def _budget_args(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, default=None, help="number of optimisation steps")
-    group.add_argument("--seconds", type=float, default=None, help="fitting-time budget in seconds")
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    _budget_args(p)
+    add_budget_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--preset", default="hash", choices=["hash", "siren"], help="field preset")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution of mesh.ply")
@@ -76,14 +72,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-render", action="store_true", help="skip the sphere-traced PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _budget(args: argparse.Namespace, default_seconds: float):
-    from fieldcraft.train import Budget
-
-    if args.steps is None and args.seconds is None:
-        return Budget(seconds=default_seconds)
-    return Budget(steps=args.steps, seconds=args.seconds)
 
 
 def _task_config(args: argparse.Namespace):
@@ -105,7 +93,7 @@ def _task_config(args: argparse.Namespace):
 def _fit_sdf(args: argparse.Namespace) -> int:
     from fieldcraft.tasks.sdf import fit_shape
 
-    metrics = fit_shape(args.source, args.out, _task_config(args), _budget(args, 120.0), resume=args.resume,
+    metrics = fit_shape(args.source, args.out, _task_config(args), budget_from_args(args, default_seconds=120.0), resume=args.resume,
                         progress=not args.quiet, resolution=args.resolution, render=not args.no_render)
     _report(args.out, metrics)
     return 0
@@ -118,7 +106,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
 
     if not load_shape(args.source).is_mesh:
         raise FieldcraftError(f"{args.source}: occupancy fitting needs a mesh (inside/outside), got a point cloud")
-    metrics = fit_shape(args.source, args.out, _task_config(args), _budget(args, 120.0), resume=args.resume,
+    metrics = fit_shape(args.source, args.out, _task_config(args), budget_from_args(args, default_seconds=120.0), resume=args.resume,
                         progress=not args.quiet, resolution=args.resolution, render=False)
     _report(args.out, metrics)
     return 0
@@ -129,7 +117,7 @@ def _fit_autodecoder(args: argparse.Namespace) -> int:
 
     base = AutoDecoderConfig()
     config = base.replace(latent_dim=args.latent_dim, task=base.task.replace(seed=args.seed))
-    result = fit_autodecoder(args.sources, args.out, config, _budget(args, 120.0), interpolate=args.interpolate,
+    result = fit_autodecoder(args.sources, args.out, config, budget_from_args(args, default_seconds=120.0), interpolate=args.interpolate,
                              resolution=args.resolution, progress=not args.quiet)
     _report(args.out, result)
     return 0
