@@ -118,6 +118,16 @@ def test_poisson_reconstruction_from_gradients(tmp_path):
     assert (tmp_path / "reconstruction.png").exists()
 
 
+def test_sixteen_bit_colour_png_roundtrip(tmp_path):
+    """16-bit RGB(A) PNGs keep all 16 bits per channel, written and read."""
+    x = np.random.default_rng(0).random((7, 5, 3))
+    write_png(tmp_path / "c.png", x, bits=16)
+    codes = np.rint(np.clip(x, 0, 1) * 65535)
+    assert np.array_equal(np.rint(read_png(tmp_path / "c.png") * 65535), codes)
+    img = load_image(str(tmp_path / "c.png"))
+    assert img.bit_depth == 16 and np.array_equal(np.rint(img.pixels.astype(np.float64) * 65535), codes)
+
+
 def test_sixteen_bit_and_rgba_inputs(tmp_path):
     rgba = np.zeros((5, 7, 4), np.uint16)
     rgba[..., 0] = 65535

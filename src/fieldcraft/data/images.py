@@ -102,6 +102,10 @@ def _read_file(path: Path) -> np.ndarray:
             import tifffile
 
             return np.asarray(tifffile.imread(path))
+        if path.suffix.lower() == ".png":  # pypng keeps 16-bit colour channels (Pillow drops to 8)
+            from fieldcraft.io.images import decode_png
+
+            return decode_png(path.read_bytes())
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(path))

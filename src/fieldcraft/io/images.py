@@ -1,7 +1,9 @@
-"""Writing images: 8- or 16-bit PNG from ``[H, W, C]`` or ``[H, W]`` arrays in ``[0, 1]``.
+"""PNG files: 8- or 16-bit, gray, gray+alpha, RGB or RGBA, from and to ``[0, 1]`` arrays.
 
 Values are clipped to ``[0, 1]`` and rounded to the nearest code (``round(v * 255)`` or
-``round(v * 65535)``). Writes are atomic (temporary file, then rename).
+``round(v * 65535)``). Writes are atomic (temporary file, then rename). PNGs are encoded and
+decoded with pypng, which keeps all 16 bits of every channel (Pillow reduces 16-bit colour
+PNGs to 8 bits).
 """
 
 from __future__ import annotations
@@ -27,23 +29,34 @@ def dequantize(codes: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: str | Path, pixels: np.ndarray, bits: int = 8) -> Path:
-    """Write ``pixels`` (``[H, W]``, ``[H, W, 1|3|4]``, values in ``[0, 1]``) as a PNG."""
-    import imageio.v3 as iio
-
-    arr = quantize(pixels, bits)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    buf = io.BytesIO()
-    iio.imwrite(buf, arr, extension=".png")
-    atomic_write_bytes(Path(path), buf.getvalue())
+    """Write ``pixels`` (``[H, W]``, ``[H, W, 1|2|3|4]``, values in ``[0, 1]``) as a PNG."""
+    atomic_write_bytes(Path(path), encode_png(quantize(pixels, bits)))
     return Path(path)
+
+
+def encode_png(codes: np.ndarray) -> bytes:
+    """PNG bytes of ``uint8`` / ``uint16`` codes ``[H, W]`` or ``[H, W, C]`` (C = 1..4)."""
+    import png
+
+    arr = codes if codes.ndim == 3 else codes[:, :, None]
+    h, w, c = arr.shape
+    writer = png.Writer(width=w, height=h, greyscale=c <= 2, alpha=c in (2, 4),
+                        bitdepth=16 if arr.dtype == np.uint16 else 8, compression=6)
+    buf = io.BytesIO()
+    writer.write_array(buf, arr.reshape(-1))
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """``uint8`` / ``uint16`` codes ``[H, W, C]`` of a PNG (palette images expanded to RGB(A))."""
+    import png
+
+    width, height, rows, info = png.Reader(bytes=data).asDirect()
+    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+    arr = np.vstack([np.asarray(r, dtype=dtype) for r in rows])
+    return arr.reshape(height, width, info["planes"])
 
 
 def read_png(path: str | Path) -> np.ndarray:
     """Read a PNG as float32 ``[H, W, C]`` in ``[0, 1]`` (8- or 16-bit)."""
-    import imageio.v3 as iio
-
-    arr = np.asarray(iio.imread(Path(path)))
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return dequantize(arr)
+    return dequantize(decode_png(Path(path).read_bytes()))
