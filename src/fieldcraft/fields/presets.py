@@ -2,7 +2,7 @@
 
 | preset | encoding | network | reference |
 |---|---|---|---|
-| ``hash`` (default) | hash grid, L=16, F=2, N_min=16, N_max = 2 x longer image side | 64 x 2 ReLU | Instant-NGP (image config, sized to the image) |
+| ``hash`` (default) | hash grid, L=16, F=2, N_min=16, N_max = longer image side (pixel density) | 64 x 2 ReLU | Instant-NGP (image config, sized to the image) |
 | ``siren`` | identity | 4 x 256 sine layers, omega_0 = 30, values in [-1, 1] | SIREN image fitting |
 | ``relu-pe`` | NeRF positional encoding, L=10 | 256 x 4 ReLU, sigmoid out | NeRF / FF paper baseline |
 | ``fourier`` | Gaussian Fourier features, m=256, sigma=10 | 256 x 4 ReLU, sigmoid out | Tancik et al. 2020 |
@@ -29,12 +29,12 @@ def image_field_config(preset: str, channels: int, resolution: int = 256, seed: 
     """Field config of an image preset for ``channels`` output values.
 
     ``resolution`` is the longer side of the image in pixels; only ``hash`` uses it (its finest
-    level gets 2 cells per pixel). ``seed`` seeds random encodings (Fourier features).
+    level gets one cell per pixel, so super-resolved renders interpolate smoothly). ``seed`` seeds random encodings (Fourier features).
     """
     scale, offset = 1.0, 0.0
     if preset == "hash":
         enc = HashGridConfig(n_levels=16, n_features=2, log2_table_size=18, base_resolution=16,
-                             max_resolution=max(32, 2 * resolution))
+                             max_resolution=max(32, resolution))
         net = MLPConfig(hidden_width=64, hidden_layers=2, activation="relu")
     elif preset == "siren":
         enc = IdentityEncodingConfig()
