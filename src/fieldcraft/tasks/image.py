@@ -225,7 +225,6 @@ def fit_image(config: ImageFitConfig, out: Path, budget: Budget, *, resume: bool
     n_train = x_train.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(config.seed + start_step)
     warm_up(field, lr, x_train[:64], y_train[:64])
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     def step(i: int) -> dict[str, float]:
         if n_train <= config.batch_size:
@@ -237,8 +236,8 @@ def fit_image(config: ImageFitConfig, out: Path, budget: Budget, *, resume: bool
         loss = torch.mean((pred - y) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * config.lr_decay ** i
+        for group in optimizer.param_groups:
+            group["lr"] = lr * config.lr_decay**i
         optimizer.step()
         mse = float(loss.detach())
         return {"loss": mse, "psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf}
