@@ -48,6 +48,8 @@ TASK = "image"
 PROTOCOLS = ("all", "every-other-pixel")
 # Adam learning rates per preset (from the papers' image experiments)
 PRESET_LR = {"hash": 1e-2, "siren": 1e-4, "relu-pe": 1e-3, "fourier": 1e-3, "gauss": 1e-3}
+# per-step learning-rate decay per preset (the MLP papers use a constant rate)
+PRESET_LR_DECAY = {"hash": 0.998}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +66,9 @@ class ImageFitConfig(Config):
     - ``protocol``: ``all`` or ``every-other-pixel`` (Tancik et al. 2020: centre-crop to a square,
       resize to 512 x 512, fit the 256 x 256 pixels with even row and column, test on all).
     - ``batch_size``: pixels per step (all training pixels when fewer).
-    - ``lr_decay``: the learning rate at step ``i`` is ``lr * lr_decay^i`` (halves every ~350
-      steps at 0.998; keeps Adam from oscillating once the error nears float precision).
+    - ``lr_decay``: the learning rate at step ``i`` is ``lr * lr_decay^i`` (None: the preset's,
+      0.998 for ``hash`` (halves every ~350 steps; keeps Adam from oscillating once the error
+      nears float precision), 1 for the others).
     """
 
     type_name = "ImageFit"
@@ -78,7 +81,7 @@ class ImageFitConfig(Config):
     mask: str | None = None
     protocol: str = "all"
     batch_size: int = 1 << 18
-    lr_decay: float = 0.998
+    lr_decay: float | None = None
 
 
 def pixel_centres(height: int, width: int, device: torch.device | str = "cpu") -> Float[Tensor, "h*w 2"]:
@@ -209,6 +212,7 @@ def fit_image(config: ImageFitConfig, out: Path, budget: Budget, *, resume: bool
     field = field_config.build().to(device)
     lr = config.lr if config.lr is not None else PRESET_LR.get(config.preset, 1e-3)
     optimizer = build_optimizer(field, lr)
+    decay = config.lr_decay if config.lr_decay is not None else PRESET_LR_DECAY.get(config.preset, 1.0)
     start_step, start_seconds, history = 0, 0.0, History()
     if meta_prev is not None:
         load_module_tensors(field, tensors_prev, "field")
@@ -237,7 +241,7 @@ def fit_image(config: ImageFitConfig, out: Path, budget: Budget, *, resume: bool
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in optimizer.param_groups:
-            group["lr"] = lr * config.lr_decay**i
+            group["lr"] = lr * decay**i
         optimizer.step()
         mse = float(loss.detach())
         return {"loss": mse, "psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf}
