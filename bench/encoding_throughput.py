@@ -5,7 +5,7 @@ Usage: ``python bench/encoding_throughput.py [--json PATH] [--threads N] [--reps
 Configurations (issue 3): 3-D hash grid L=16, F=2, T=2^19, N_min=16, N_max=2048 and a 2-D
 hash grid L=16, F=2, T=2^16, at 2^16 and 2^18 uniform random points, for every backend
 available: ``torch`` (the pure-PyTorch reference, stepped with ``torch.optim.Adam``) and
-``fast`` (numba kernels, stepped with the row-sparse Adam of ``fieldcraft.train.optim``).
+``fast`` (numba kernels, stepped with the row-sparse Adam of ``fieldcraft.train.row_sparse_adam``).
 Figures are millions of points per second of wall time (best of ``--reps``). The last line
 printed is the fast backend's 3-D fwd+bwd+step figure at 2^18 points.
 """
@@ -28,7 +28,7 @@ import torch
 from fieldcraft.encodings.dispatch import grid_encode
 from fieldcraft.encodings.hashgrid import HashGridConfig
 from fieldcraft.runtime import set_threads
-from fieldcraft.train.optim import RowSparseAdam
+from fieldcraft.train.row_sparse_adam import RowSparseAdam
 
 CONFIGS = {
     "3d": (3, HashGridConfig(n_levels=16, n_features=2, log2_table_size=19, base_resolution=16, max_resolution=2048)),
@@ -40,7 +40,7 @@ SIZES = (2**16, 2**18)
 def available_backends() -> list[str]:
     out = ["torch"]
     try:
-        from fieldcraft.encodings.kernels import _fallback_reason
+        from fieldcraft.encodings.grid_kernels import _fallback_reason
 
         if _fallback_reason(3, 2) is None:
             out.append("fast")

@@ -9,13 +9,14 @@ import warnings
 import pytest
 import torch
 
-from fieldcraft.encodings import DenseGridConfig, HashGridConfig, kernels
+from fieldcraft.encodings import DenseGridConfig, HashGridConfig
+from fieldcraft.encodings import grid_kernels as kernels
 from fieldcraft.encodings.dispatch import grid_encode
 from fieldcraft.encodings.grid import GridLayout, corner_offsets, grid_encode_reference, vertex_rows
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.fields.field import FieldConfig
 from fieldcraft.networks import MLPConfig
-from fieldcraft.train.optim import RowSparseAdam, make_optimizer
+from fieldcraft.train.row_sparse_adam import RowSparseAdam, make_optimizer
 
 RTOL = 1e-5
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fieldcraft.commands.common import add_budget_arguments
+
 
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p = verbs["fit"].add_parser(
@@ -24,9 +26,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--centre", type=float, default=295.5, help="centre of rotation of real data in pixels (295.5)")
     p.add_argument("--sart-iterations", type=int, default=10, help="SART passes of the baseline (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--seconds", type=float, default=None, help="fitting-time budget (default 60)")
-    budget.add_argument("--steps", type=int, default=None, help="step budget")
+    add_budget_arguments(p)  # default: 60 s of fitting time
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fieldcraft.commands.common import add_budget_arguments
+
 PRESETS = ("instant", "vanilla", "tiny")
 
 
@@ -18,9 +20,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("data", help="dataset directory")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--preset", default="instant", choices=PRESETS, help="instant (default), vanilla or tiny")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, default=None, help="number of optimisation steps")
-    group.add_argument("--seconds", type=float, default=None, help="fitting-time budget in seconds")
+    add_budget_arguments(p)
     p.add_argument("--background", default=None, choices=["white", "black", "random"],
                    help="background RGBA images are composited on (default: the preset's; random = random colour "
                         "per ray while training, white for evaluation)")

@@ -13,9 +13,11 @@
 
 from fieldcraft.encodings.base import Encoding, EncodingConfig
 from fieldcraft.encodings.composite import CompositeEncodingConfig, CompositePart
+from fieldcraft.encodings.dense_grid import DenseGridConfig
 from fieldcraft.encodings.fourier import FourierFeaturesConfig
 from fieldcraft.encodings.frequency import FrequencyEncodingConfig
-from fieldcraft.encodings.hashgrid import DenseGridConfig, GridEncoding, HashGridConfig
+from fieldcraft.encodings.grid import GridEncoding
+from fieldcraft.encodings.hashgrid import HashGridConfig
 from fieldcraft.encodings.identity import IdentityEncodingConfig
 from fieldcraft.encodings.spherical_harmonics import SphericalHarmonicsConfig
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -64,5 +63,3 @@ def to_unit(x: Tensor) -> Tensor:
     """Map ``[-1, 1]`` coordinates to ``[0, 1]`` and clamp to it."""
     return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
 
-
-_ = torch  # re-exported type context for annotations

@@ -1,6 +1,6 @@
 """Choose the implementation of a grid encoding: fast CPU kernel or PyTorch reference.
 
-The fast kernel (:mod:`fieldcraft.encodings.kernels`) is used when all of these hold:
+The fast kernel (:mod:`fieldcraft.encodings.grid_kernels`) is used when all of these hold:
 the backend is ``"auto"`` or ``"fast"``, the tensors are float32 on the CPU, the points do
 not require gradients (the kernel differentiates with respect to the table only; input
 gradients and higher orders, e.g. an eikonal loss, take the reference path), and the
@@ -10,6 +10,7 @@ runs, on any device.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from fieldcraft.encodings.grid import GridLayout, grid_encode_reference
@@ -22,7 +23,7 @@ def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "au
         usable = (
             fast is not None
             and u.device.type == "cpu"
-            and table.dtype == u.dtype == __import__("torch").float32
+            and table.dtype == u.dtype == torch.float32
             and not u.requires_grad
         )
         if usable:
@@ -35,7 +36,7 @@ def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "au
 
 def _fast_kernel():
     try:
-        from fieldcraft.encodings.kernels import grid_encode_fast
+        from fieldcraft.encodings.grid_kernels import grid_encode_fast
     except ImportError:
         return None
     return grid_encode_fast

@@ -20,18 +20,19 @@ All levels live in one parameter ``table`` of shape ``[sum_l size_l, F]`` with r
 
 This module holds the pure-PyTorch reference (:func:`grid_encode_reference`), which is
 differentiable to any order in both the table and the points; fast CPU kernels live in
-:mod:`fieldcraft.encodings.kernels` and are checked against it.
+:mod:`fieldcraft.encodings.grid_kernels` and are checked against it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
+
+from fieldcraft.encodings.base import Encoding, EncodingConfig
 
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
@@ -145,4 +146,24 @@ def grid_encode_reference(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows 
     return torch.cat(feats, dim=-1)
 
 
-_ = itertools
+class GridEncoding(Encoding):
+    """Grid encoding over ``[-1, 1]^d`` backed by one flat table ``[rows, F]``."""
+
+    def __init__(self, config: EncodingConfig, in_dim: int, layout: GridLayout, init_scale: float, backend: str) -> None:
+        super().__init__(config, in_dim)
+        self.layout = layout
+        self.backend = backend
+        table = torch.empty(layout.n_rows, layout.n_features).uniform_(-init_scale, init_scale)
+        self.table = nn.Parameter(table)
+
+    def encode(self, x: Tensor) -> Tensor:
+        from fieldcraft.encodings.dispatch import grid_encode
+
+        u = (x + 1.0) * 0.5
+        return grid_encode(u, self.table, self.layout, self.backend)
+
+    def extra_repr(self) -> str:
+        n_hashed = sum(self.layout.hashed)
+        return (f"in_dim={self.in_dim}, out_dim={self.out_dim}, levels={self.layout.n_levels} "
+                f"({n_hashed} hashed), resolutions={self.layout.resolutions[0]}..{self.layout.resolutions[-1]}, "
+                f"rows={self.layout.n_rows}")

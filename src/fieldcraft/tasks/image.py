@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import Tensor
 
 from fieldcraft.config import Config
 from fieldcraft.data.images import load_image
-from fieldcraft.errors import FieldcraftError, check
+from fieldcraft.errors import check
 from fieldcraft.fields import Field, FieldConfig, image_field_config
 from fieldcraft.io.checkpoint import (
     atomic_write_bytes,
@@ -322,5 +321,3 @@ def load_image_field(directory: Path, device: str | None = None) -> tuple[Field,
     field.eval()
     return field, meta
 
-
-_ = (time, FieldcraftError)

@@ -279,22 +279,14 @@ def psnr(mse: float) -> float:
 
 
 def build_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The one place NeRF optimisers are made: the row-sparse Adam of :mod:`fieldcraft.train.optim`
-    (untouched hash-table rows skipped, as in Instant-NGP) when present, else
-    :func:`fieldcraft.train.optimizers.build_optimizer`. Models with a grid encoding use
-    Instant-NGP's betas (0.9, 0.99) and eps 1e-15; others PyTorch's defaults."""
+    """The one place NeRF optimisers are made: row-sparse Adam (untouched hash-table rows
+    skipped); models with a grid encoding use Instant-NGP's betas (0.9, 0.99) and eps 1e-15
+    for every parameter, others PyTorch's defaults."""
     from fieldcraft.encodings import GridEncoding
+    from fieldcraft.train.optimizers import build_optimizer as build_field_optimizer
 
     has_grid = any(isinstance(m, GridEncoding) for m in model.modules())
-    try:
-        from fieldcraft.train.optim import make_optimizer
-    except ImportError:
-        from fieldcraft.train.optimizers import build_optimizer as fallback
-
-        return fallback(model, lr)
-    if has_grid:
-        return make_optimizer(model, lr=lr, betas=(0.9, 0.99), eps=1e-15)
-    return make_optimizer(model, lr=lr)
+    return build_field_optimizer(model, lr, instant_ngp_everywhere=has_grid)
 
 
 class NerfTrainer:

@@ -355,7 +355,7 @@ class AutoDecoderTrainer:
     def step(self, i: int) -> dict[str, float]:
         c = self.config.task
         per = max(1, c.batch_size // len(self.samples))
-        xs, zs, ss, ks = [], [], [], []
+        xs, ss, ks = [], [], []
         for k, s in enumerate(self.samples):
             j = torch.randint(len(s.points), (per,), generator=self.generator)
             xs.append(s.points[j])

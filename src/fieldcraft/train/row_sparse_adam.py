@@ -41,7 +41,7 @@ def grid_param_groups(module: nn.Module) -> list[dict[str, Any]]:
     """Split ``module``'s trainable parameters into ``[{params: dense}, {params: grid tables,
     sparse_rows: True}]`` (empty groups left out). Grid tables are the ``table`` parameters of
     :class:`~fieldcraft.encodings.GridEncoding` modules."""
-    from fieldcraft.encodings.hashgrid import GridEncoding
+    from fieldcraft.encodings.grid import GridEncoding
 
     tables = {id(m.table): m.table for m in module.modules() if isinstance(m, GridEncoding)}
     dense = [p for p in module.parameters() if p.requires_grad and id(p) not in tables]
@@ -119,7 +119,7 @@ def adam_update(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, st
     if fast:
         rows = p.shape[0] if p.dim() > 0 else 1
         views = [t.detach().reshape(rows, -1).numpy() for t in (p, grad, exp_avg, exp_avg_sq)]
-        from fieldcraft.encodings.kernels import num_threads
+        from fieldcraft.encodings.grid_kernels import num_threads
 
         _adam_rows(*views, np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
                    np.float32(step_size), np.float32(bc2_sqrt), np.float32(eps), np.float32(weight_decay),

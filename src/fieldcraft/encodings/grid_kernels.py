@@ -20,7 +20,7 @@ How it is fast (measured in ``docs/performance.md``):
   grid), points are split instead and per-thread partial tables are summed.
 - The table gradient is written into a buffer reused across steps (no 50 MB allocation per
   step) when nobody else holds it; PyTorch takes it as ``table.grad`` without a copy.
-  Rows untouched by the batch are exact zeros, which :mod:`fieldcraft.train.optim` uses to
+  Rows untouched by the batch are exact zeros, which :mod:`fieldcraft.train.row_sparse_adam` uses to
   skip them.
 - ``D`` and ``F`` are compile-time constants (passed as tuple lengths), so the inner loops
   unroll; kernels are compiled once per ``(D, F)`` and cached on disk (``cache=True``).
