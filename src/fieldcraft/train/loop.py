@@ -111,7 +111,8 @@ def run_loop(
                 last_eval = fit_seconds
             if i % log_every == 0 or budget.done(i, fit_seconds):
                 history.append(i, fit_seconds, values)
-            bar.update(1 if budget.steps is not None else dt)
+            # a time budget ends on the step that crosses it: never move the bar past its total
+            bar.update(1 if budget.steps is not None else max(0.0, min(dt, total - bar.n)))
             bar.set_postfix(_format(values), refresh=False)
             if checkpoint is not None and time.perf_counter() - last_ckpt >= checkpoint_seconds:
                 checkpoint(i, fit_seconds, history)
