@@ -3,8 +3,8 @@ import os
 # must be set before torch initialises OpenMP (see fieldcraft.runtime)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)

@@ -150,7 +150,7 @@ def test_nan_points_do_not_crash():
 def test_fallback_warns_once(monkeypatch):
     layout = _layout(2, 2)
     u, table = torch.rand(50, 2), torch.randn(layout.n_rows, 2)
-    monkeypatch.setattr(kernels, "_fallback_reason", lambda d, f: "numba unavailable (test)")
+    monkeypatch.setattr(kernels, "_fallback_reason", lambda d, f, backward=True: "numba unavailable (test)")
     monkeypatch.setattr(kernels, "_warned", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

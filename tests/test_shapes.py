@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from tests.conftest import SHARED_DATA
 
 from fieldcraft.encodings import HashGridConfig
 from fieldcraft.errors import FieldcraftError
@@ -21,10 +22,19 @@ from fieldcraft.geometry.metrics import mesh_metrics
 from fieldcraft.geometry.mise import extract_mise
 from fieldcraft.geometry.sampling import signed_distance, surface_samples
 from fieldcraft.networks import MLPConfig
-from fieldcraft.tasks.sdf import (AutoDecoderConfig, SDFTaskConfig, SDFTrainer, eikonal_loss, export_shape_mesh,
-                                  field_function, fit_autodecoder, fit_shape, make_samples, spatial_gradient)
+from fieldcraft.tasks.sdf import (
+    AutoDecoderConfig,
+    SDFTaskConfig,
+    SDFTrainer,
+    eikonal_loss,
+    export_shape_mesh,
+    field_function,
+    fit_autodecoder,
+    fit_shape,
+    make_samples,
+    spatial_gradient,
+)
 from fieldcraft.train import Budget, run_loop
-from tests.conftest import SHARED_DATA
 
 SMALL_FIELD = FieldConfig(in_dim=3, out_dim=1,
                           encoding=HashGridConfig(n_levels=6, n_features=2, log2_table_size=15, base_resolution=8,
@@ -305,7 +315,7 @@ def test_occupancy_and_autodecoder(tmp_path):
 def test_sphere_tracing_hits_analytic_sphere():
     from fieldcraft.render.sphere_tracing import camera_rays, look_at, render_sdf, sphere_trace
 
-    sdf = lambda x: x.norm(dim=-1) - 0.5  # noqa: E731
+    sdf = lambda x: x.norm(dim=-1) - 0.5
     c2w = look_at(torch.tensor([0.0, 0.0, 3.0]))
     o, d = camera_rays(c2w, 48, 48)
     t, hit = sphere_trace(sdf, o, d)

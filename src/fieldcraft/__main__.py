@@ -1,5 +1,3 @@
-import sys
+from fieldcraft.cli import run
 
-from fieldcraft.cli import main
-
-sys.exit(main())
+run()

@@ -22,15 +22,15 @@ from fieldcraft.encodings.identity import IdentityEncodingConfig
 from fieldcraft.encodings.spherical_harmonics import SphericalHarmonicsConfig
 
 __all__ = [
-    "Encoding",
-    "EncodingConfig",
-    "IdentityEncodingConfig",
-    "FrequencyEncodingConfig",
-    "FourierFeaturesConfig",
-    "HashGridConfig",
-    "DenseGridConfig",
-    "GridEncoding",
     "CompositeEncodingConfig",
     "CompositePart",
+    "DenseGridConfig",
+    "Encoding",
+    "EncodingConfig",
+    "FourierFeaturesConfig",
+    "FrequencyEncodingConfig",
+    "GridEncoding",
+    "HashGridConfig",
+    "IdentityEncodingConfig",
     "SphericalHarmonicsConfig",
 ]

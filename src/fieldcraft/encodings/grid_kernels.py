@@ -69,16 +69,13 @@ _M32 = 0xFFFFFFFF
 @njit(inline="always", error_model="numpy")
 def _axis(x, nf, nm1):
     """Clamped cell index and local coordinate along one axis (float32 math)."""
-    if x > _ONE:
-        x = _ONE
-    if x < _ZERO:
-        x = _ZERO
+    x = min(x, _ONE)
+    x = max(x, _ZERO)
     p = x * nf
     if p != p:  # NaN: a valid cell, NaN weights
         return 0, p
     c = int(np.floor(p))
-    if c > nm1:
-        c = nm1
+    c = min(c, nm1)
     return c, p - np.float32(c)
 
 
@@ -371,15 +368,18 @@ def num_threads() -> int:
 
 
 _state_lock = threading.Lock()
-_disabled: dict[tuple[int, int], str] = {}
+_disabled: dict[tuple[int, int, bool], str] = {}
 _warned = False
-_compiled: set[tuple[int, int]] = set()
+_compiled: set[tuple[int, int, bool]] = set()
 
 
-def _fallback_reason(dim: int, features: int) -> str | None:
+def _fallback_reason(dim: int, features: int, backward: bool = True) -> str | None:
+    """None when the kernels for ``dim``-D points with ``features`` features compile (or load from
+    numba's on-disk cache), else why not. Inference needs only the forward kernel, which halves
+    the start-up cost of a one-shot command such as a mesh export."""
     if _NUMBA_ERROR is not None:
         return f"numba unavailable ({_NUMBA_ERROR})"
-    key = (dim, features)
+    key = (dim, features, backward)
     if key in _compiled:
         return None
     with _state_lock:
@@ -387,10 +387,13 @@ def _fallback_reason(dim: int, features: int) -> str | None:
             return _disabled[key]
         try:  # compile (or load from the on-disk cache) on a tiny problem
             lay = GridLayout(dim, features, (2,), (16,), (True,))
-            with torch.inference_mode(False), torch.enable_grad():  # callers may be in no_grad/inference
-                u = torch.linspace(0.1, 0.9, 3 * dim).reshape(3, dim)  # no RNG use: keep users' streams
-                table = torch.ones(16, features, requires_grad=True)
-                _GridEncodeFunction.apply(u, table, lay).sum().backward()
+            u = np.linspace(0.1, 0.9, 3 * dim, dtype=np.float32).reshape(3, dim)  # no RNG use: keep users' streams
+            if backward:
+                with torch.inference_mode(False), torch.enable_grad():  # callers may be in no_grad/inference
+                    table = torch.ones(16, features, requires_grad=True)
+                    _GridEncodeFunction.apply(torch.from_numpy(u), table, lay).sum().backward()
+            else:
+                _run_forward(u, np.ones((16, features), np.float32), lay, 1)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means "use the reference"
             _disabled[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             return _disabled[key]
@@ -418,11 +421,12 @@ def grid_encode_fast(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows F"], 
     >>> torch.allclose(grid_encode_fast(u, table, lay), grid_encode_reference(u, table, lay), atol=1e-6)
     True
     """
-    reason = _fallback_reason(layout.dim, layout.n_features)
+    needs_graph = torch.is_grad_enabled() and table.requires_grad
+    reason = _fallback_reason(layout.dim, layout.n_features, backward=needs_graph)
     if reason is not None:
         _warn_once(reason)
         return grid_encode_reference(u, table, layout)
-    if not (torch.is_grad_enabled() and table.requires_grad):  # no graph: no autograd node (inference mode too)
+    if not needs_graph:  # no autograd node (no_grad, inference mode, frozen table)
         out = _run_forward(u.detach().contiguous().numpy(), table.detach().contiguous().numpy(), layout, num_threads())
         return torch.from_numpy(out)
     return _GridEncodeFunction.apply(u, table, layout)
@@ -525,7 +529,7 @@ class _GridEncodeFunction(torch.autograd.Function):
         else:
             try:  # compiled on first use (dense grids); same code as above, but be safe
                 _run_backward_split(un, g_l, layout, nthreads, grad.numpy())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if numba is None or not isinstance(exc, numba.core.errors.NumbaError):
                     raise
                 _backward_kernel(un, g_l, grad.numpy(), dtup, ftup, res, sizes, hashed, pow2, offsets, 1)

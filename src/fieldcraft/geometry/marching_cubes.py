@@ -15,7 +15,7 @@ plus the output mesh.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from jaxtyping import Float, Int
@@ -103,23 +103,37 @@ def vertex_normals(vertices: Float[np.ndarray, "v 3"], faces: Int[np.ndarray, "f
     """Area-weighted unit vertex normals of a mesh (zero vectors for isolated vertices)."""
     tri = vertices[faces]
     fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    vn = np.zeros_like(vertices)
-    for c in range(3):
-        np.add.at(vn, faces[:, c], fn)
+    idx = faces.reshape(-1)
+    vn = np.stack([np.bincount(idx, np.repeat(fn[:, k], 3), minlength=len(vertices)) for k in range(3)], 1)
     length = np.linalg.norm(vn, axis=1, keepdims=True)
     return np.where(length > 0, vn / np.maximum(length, 1e-300), 0.0)
 
 
-def clean_mesh(vertices: Float[np.ndarray, "v 3"], faces: Int[np.ndarray, "f 3"]
+def clean_mesh(vertices: Float[np.ndarray, "v 3"], faces: Int[np.ndarray, "f 3"], quantum: float = 1e-9
                ) -> tuple[Float[np.ndarray, "v 3"], Int[np.ndarray, "f 3"]]:
-    """Weld coincident vertices and drop zero-area faces (marching cubes emits some where the
-    surface passes through grid vertices), so closed isosurfaces come out watertight."""
-    import trimesh
+    """Weld vertices that coincide (to ``quantum``), drop faces that become degenerate (a repeated
+    vertex or zero area; marching cubes emits some where the surface passes through grid
+    vertices) and vertices no face uses, so closed isosurfaces come out watertight.
 
+    >>> v = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [5, 5, 5]])
+    >>> clean_mesh(v, np.array([[0, 1, 2], [0, 3, 1], [2, 3, 0]]))[1].tolist()
+    [[0, 1, 2], [2, 1, 0]]
+    """
+    faces = np.asarray(faces, np.int64).reshape(-1, 3)
     if len(faces) == 0:
         return vertices, faces
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    mesh.merge_vertices()
-    mesh.update_faces(mesh.nondegenerate_faces())
-    mesh.remove_unreferenced_vertices()
-    return np.asarray(mesh.vertices), np.asarray(mesh.faces, dtype=np.int64)
+    key = np.round(np.asarray(vertices, np.float64) / quantum).astype(np.int64)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # keep the first occurrence's order (stable output)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    faces = rank[inverse.reshape(-1)][faces]
+    welded = np.asarray(vertices)[first[order]]
+    distinct = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    tri = welded[faces]
+    area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    faces = faces[distinct & (area2 > 0)]
+    used = np.zeros(len(welded), bool)
+    used[faces.reshape(-1)] = True
+    remap = np.cumsum(used) - 1
+    return welded[used], remap[faces]

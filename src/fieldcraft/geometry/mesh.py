@@ -75,7 +75,7 @@ class Normalisation:
         return {"centre": [float(c) for c in self.centre], "scale": float(self.scale)}
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Normalisation":
+    def from_dict(d: dict[str, Any]) -> Normalisation:
         return Normalisation(tuple(float(c) for c in d["centre"]), float(d["scale"]))  # type: ignore[arg-type]
 
 
@@ -190,19 +190,36 @@ def _point_cloud(pc, path: Path) -> Shape:
 
 
 def save_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray | None = None) -> Path:
-    """Write a mesh (PLY or OBJ by suffix) atomically, with vertex normals if given."""
-    import trimesh
-
+    """Write a triangle mesh atomically: binary little-endian PLY (float32 ``x y z``, with ``nx ny nz``
+    if ``normals`` are given; faces as ``uchar`` counts and ``int32`` indices) or OBJ (``v``, ``vn``,
+    1-based ``f v//vn``), chosen by the suffix."""
     from fieldcraft.io.checkpoint import atomic_write_bytes
 
     path = Path(path)
     kind = path.suffix.lower().lstrip(".")
     if kind not in ("ply", "obj"):
         raise FieldcraftError(f"{path}: mesh output must be .ply or .obj")
-    mesh = trimesh.Trimesh(vertices, faces, vertex_normals=normals, process=False)
-    data = trimesh.exchange.export.export_mesh(mesh, file_obj=None, file_type=kind, **(
-        {"include_normals": normals is not None} if kind == "obj" else {"vertex_normal": normals is not None}))
-    atomic_write_bytes(path, data if isinstance(data, bytes) else data.encode())
+    v = np.asarray(vertices, np.float32).reshape(-1, 3)
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    n = None if normals is None else np.asarray(normals, np.float32).reshape(-1, 3)
+    if kind == "ply":
+        cols = np.hstack([v, n]) if n is not None else v
+        face_rec = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+        face_rec["n"], face_rec["i"] = 3, f
+        header = ("ply\nformat binary_little_endian 1.0\ncomment written by fieldcraft\n"
+                  f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
+                  + ("property float nx\nproperty float ny\nproperty float nz\n" if n is not None else "")
+                  + f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n")
+        data = header.encode() + cols.astype("<f4").tobytes() + face_rec.tobytes()
+    else:
+        lines = ["# written by fieldcraft"] + [f"v {a:.7g} {b:.7g} {c:.7g}" for a, b, c in v.tolist()]
+        if n is not None:
+            lines += [f"vn {a:.6g} {b:.6g} {c:.6g}" for a, b, c in n.tolist()]
+            lines += [f"f {a}//{a} {b}//{b} {c}//{c}" for a, b, c in (f + 1).tolist()]
+        else:
+            lines += [f"f {a} {b} {c}" for a, b, c in (f + 1).tolist()]
+        data = ("\n".join(lines) + "\n").encode()
+    atomic_write_bytes(path, data)
     return path
 
 

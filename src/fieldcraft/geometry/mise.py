@@ -9,8 +9,10 @@ sec. 3.4), here for SDFs and occupancies.
    Lipschitz bound (occupancies) the active set is grown by ``dilate`` cells
    (26-neighbourhood) below the finest level, which catches parts thinner than a coarse cell.
 3. Split active cells into 8 children and evaluate the field only at children's corners not
-   yet known (one batched call per level, no autograd). Repeat until ``resolution`` cells
-   per axis.
+   yet known (one batched call per level, no autograd). With a Lipschitz bound a child is
+   kept only if the parent corner it shares is within ``lipschitz`` times the child's diagonal
+   of the level (no point of the child is farther from that corner). Repeat until
+   ``resolution`` cells per axis.
 4. At the finest level, grow the active set along the surface: a cell whose face straddles the
    level pulls in its neighbour across that face, until closed (this repairs what the
    Lipschitz test misses when the field is steeper than assumed).
@@ -135,7 +137,8 @@ def extract_mise(fn: FieldFn, resolution: int, level: float = 0.0, bound: float 
         corners = (cells[:, None, :] + _CORNERS[None]) * stride  # final-grid vertex indices
         n_eval += ensure(corners)
         diag = math.sqrt(3.0) * 2.0 * bound / r
-        act = active_cells(flat_v[_linear(corners, n1)], level, diag, lipschitz)
+        corner_values = flat_v[_linear(corners, n1)]
+        act = active_cells(corner_values, level, diag, lipschitz)
         cells = cells[act]
         if r == resolution:
             cells, grown = _grow_along_surface(cells, ensure, flat_v, n1, level, resolution)
@@ -145,7 +148,14 @@ def extract_mise(fn: FieldFn, resolution: int, level: float = 0.0, bound: float 
             grown = (cells[:, None, :] + (_NEIGHBOURS * dilate)[None]).reshape(-1, 3)
             grown = grown[((grown >= 0) & (grown < r)).all(1)]
             cells = np.stack(np.unravel_index(np.unique(_linear(grown, r)), (r, r, r)), -1)
-        cells = (cells[:, None, :] * 2 + _CORNERS[None]).reshape(-1, 3)
+            cells = (cells[:, None, :] * 2 + _CORNERS[None]).reshape(-1, 3)
+        elif lipschitz is not None:
+            # Child at offset o shares the parent's corner o; every point of the child is within one
+            # child diagonal of it, so the child is skipped when that corner is farther from the level.
+            near = np.abs(corner_values[act] - level) <= lipschitz * 0.5 * diag
+            cells = (cells[:, None, :] * 2 + _CORNERS[None])[near]
+        else:
+            cells = (cells[:, None, :] * 2 + _CORNERS[None]).reshape(-1, 3)
         r, stride = 2 * r, stride // 2
         levels += 1
     mask = np.zeros((n1, n1, n1), bool)
@@ -159,4 +169,4 @@ def extract_mise(fn: FieldFn, resolution: int, level: float = 0.0, bound: float 
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     verts, faces = marching_cubes_volume(values[sl], level, resolution, bound, inside, mask=mask[sl],
                                          origin=tuple(int(a) for a in lo))
-    return verts, faces, {"evaluations": int(n_eval), "levels": levels, "active_cells": int(len(cells))}
+    return verts, faces, {"evaluations": int(n_eval), "levels": levels, "active_cells": len(cells)}

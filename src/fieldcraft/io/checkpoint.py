@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,6 +92,23 @@ def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, Tensor]:
 def load_module_tensors(module: torch.nn.Module, tensors: dict[str, Tensor], prefix: str) -> None:
     state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     module.load_state_dict(state)
+
+
+def build_loaded(build: Callable[[], torch.nn.Module], tensors: dict[str, Tensor], prefix: str) -> torch.nn.Module:
+    """``build()`` with its parameters and buffers taken from ``tensors`` (keys ``prefix.<name>``),
+    without first initialising them: the module is built on the ``meta`` device and the loaded
+    tensors are assigned. Falls back to an ordinary build + load when the module keeps a tensor
+    the checkpoint does not hold."""
+    state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    with torch.device("meta"):
+        module = build()
+    if set(module.state_dict()) == set(state):
+        module.load_state_dict(state, assign=True)
+        if not any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            return module
+    module = build()
+    module.load_state_dict(state)
+    return module
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, Tensor], dict[str, Any]]:

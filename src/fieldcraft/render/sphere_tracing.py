@@ -12,7 +12,7 @@ y up, the camera looks down -z; rays through pixel centres), the scene is the cu
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from torch import Tensor
 SDFFn = Callable[[Tensor], Tensor]
 
 
-def look_at(eye: Float[Tensor, "3"], target: Float[Tensor, "3"] | None = None,
-            up: Float[Tensor, "3"] | None = None) -> Float[Tensor, "4 4"]:
+def look_at(eye: Float[Tensor, 3], target: Float[Tensor, 3] | None = None,
+            up: Float[Tensor, 3] | None = None) -> Float[Tensor, "4 4"]:
     """Camera-to-world matrix of a camera at ``eye`` looking at ``target`` (OpenGL axes)."""
     target = torch.zeros(3) if target is None else target
     up = torch.tensor([0.0, 1.0, 0.0]) if up is None else up

@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ def make_samples(shape: Shape, config: SDFTaskConfig, need_sdf: bool = True) -> 
             sdf = point_cloud_sdf(shape.vertices, shape.normals, points)
     else:
         sdf = np.full(len(points), np.nan)
-    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     return Samples(f32(points), f32(sdf), f32(surf), f32(nrm), time.perf_counter() - t0)
 
 
@@ -401,15 +402,14 @@ def _save(out, trainer: SDFTrainer, norm: Normalisation, step: int, seconds: flo
 
 def load_shape_field(directory) -> tuple[Field, SDFTaskConfig, Normalisation, dict]:
     """Field, task config, normalisation and metadata of a checkpoint written by :func:`fit_shape`."""
-    from fieldcraft.io.checkpoint import load_checkpoint, load_module_tensors
+    from fieldcraft.io.checkpoint import build_loaded, load_checkpoint
 
     tensors, meta = load_checkpoint(directory)
     if meta.get("task") != TASK_NAME:
         raise FieldcraftError(f"{directory}: not a shape checkpoint (task {meta.get('task')!r}, expected {TASK_NAME!r})")
     config = Config.from_dict(meta["config"])
     assert isinstance(config, SDFTaskConfig)
-    field = config.field.build()
-    load_module_tensors(field, tensors, "field")
+    field = build_loaded(config.field.build, tensors, "field")
     field.eval()
     return field, config, Normalisation.from_dict(meta["normalisation"]), meta
 
@@ -462,7 +462,7 @@ def render_shape(directory, out_dir, views: int = 4, size: int = 256) -> list:
     field, config, _, _ = load_shape_field(directory)
     if config.loss == "occupancy":
         raise FieldcraftError(f"{directory}: sphere tracing needs a signed distance field (this is an occupancy fit)")
-    sdf = lambda x: field(x).reshape(-1)  # noqa: E731
+    sdf = lambda x: field(x).reshape(-1)
     out_dir = Path(out_dir)
     paths = []
     for k, c2w in enumerate(orbit_cameras(views)):
