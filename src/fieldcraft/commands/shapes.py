@@ -16,6 +16,9 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("source", help="mesh (OBJ/PLY/STL/GLB/OFF) or oriented point cloud (PLY with nx ny nz)")
     p.add_argument("--loss", choices=["regression", "eikonal"], default="regression",
                    help="regression: DeepSDF clamped L1 on exact distances (default, fast); eikonal: SIREN losses")
+    p.add_argument("--gradient", choices=["analytic", "numerical"], default=None,
+                   help="eikonal only: grad f by autograd (second derivatives) or central differences "
+                        "(Neuralangelo; default for the hash grid, several times faster)")
     _common(p)
     p.set_defaults(func=_fit_sdf)
 
@@ -85,6 +88,8 @@ def _task_config(args: argparse.Namespace):
         changes["batch_size"] = args.batch_size
     if args.lr:
         changes["lr"] = args.lr
+    if getattr(args, "gradient", None):
+        changes["gradient"] = args.gradient
     config = config.replace(**changes)
     assert isinstance(config, SDFTaskConfig)
     return config
