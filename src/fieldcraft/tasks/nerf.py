@@ -78,7 +78,8 @@ class NerfConfig(Config):
     - ``full_image``: a batch is every pixel of one random training image (tiny-NeRF).
     - ``micro_batch_rays``: render and backpropagate a batch in pieces of this many rays and add up
       their gradients (0: all at once). The gradient is the whole batch's; the memory is a piece's,
-      which keeps the 8x256 MLPs' activations in cache (about 2x faster for ``tiny``'s full images).
+      which keeps the 8x256 MLPs' activations in cache (measured: ``tiny`` 13-17 -> 6.5-7.5 s per
+      step with 512, ``vanilla`` 7.2 -> 3.2 s with 128).
     - ``lr``: Adam learning rate; ``schedule``: ``steps`` | ``exp`` | ``constant``.
     - ``background``: ``white`` | ``black`` | ``random`` (see module docstring).
     - ``bf16``: evaluate the field's MLPs under bfloat16 autocast (CPU); compositing stays float32.
@@ -129,7 +130,7 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
             n_features=256, direction_encoding=FrequencyEncodingConfig(n_frequencies=4), color_width=128,
             color_layers=1, density_activation="relu")
         cfg = NerfConfig(preset=preset, field=field, fine_field=field, sampler="stratified", n_samples=64,
-                         n_importance=128, rays=1024, lr=5e-4, schedule="exp", background="white", bf16=True)
+                         n_importance=128, rays=1024, micro_batch_rays=128, lr=5e-4, schedule="exp", background="white", bf16=True)
     elif preset == "tiny":
         field = RadianceFieldConfig(
             position_encoding=FrequencyEncodingConfig(n_frequencies=6), trunk_width=256, trunk_layers=8, skips=(5,),
