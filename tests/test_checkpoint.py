@@ -75,3 +75,24 @@ def test_budget_steps_and_seconds():
         Budget()
     with pytest.raises(FieldcraftError):
         Budget(seconds=float("nan"))
+
+
+@pytest.mark.parametrize("encoding", ["hash", "frequency"])
+def test_build_loaded_equals_build_then_load(encoding):
+    """Building on the meta device and assigning the checkpoint's tensors gives the same module as
+    an ordinary build + load, including when a non-persistent buffer forces the fallback."""
+    from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig
+    from fieldcraft.fields import FieldConfig
+    from fieldcraft.networks import MLPConfig
+
+    enc = HashGridConfig(n_levels=4, log2_table_size=10) if encoding == "hash" else FrequencyEncodingConfig(n_frequencies=4)
+    config = FieldConfig(in_dim=3, out_dim=1, encoding=enc, network=MLPConfig(hidden_width=16, hidden_layers=1))
+    trained = config.build()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    tensors = ckpt.module_tensors(trained, "field")
+    loaded = ckpt.build_loaded(config.build, tensors, "field")
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    x = torch.rand(32, 3) * 2 - 1
+    torch.testing.assert_close(loaded(x), trained(x), rtol=0, atol=0)
