@@ -170,3 +170,19 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
     assert "unknown preset 'nope'" in _error_line(capsys, ["fit", "image", str(good), "--preset", "nope", "--out", out])
     assert "unknown sample" in _error_line(capsys, ["fit", "image", "sample:nothing", "--out", out])
     assert "no checkpoint" in _error_line(capsys, ["render", "image", str(tmp_path), "--out", str(tmp_path / "r.png")])
+
+
+def test_console_entry_point_exit_codes_and_output(tmp_path):
+    """``python -m fieldcraft`` (``cli.run``, which ends with ``os._exit``) flushes its output and
+    returns the command's exit code: 0 with the result printed, 2 with one error line."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "fieldcraft", "fit", "image", "sample:camera", "--size", "16",
+                         "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file() and ok.stdout.strip()
+    bad = subprocess.run([sys.executable, "-m", "fieldcraft", "fit", "image", str(tmp_path / "missing.png"), "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("fieldcraft: error:"), bad.stderr
