@@ -69,13 +69,16 @@ _M32 = 0xFFFFFFFF
 @njit(inline="always", error_model="numpy")
 def _axis(x, nf, nm1):
     """Clamped cell index and local coordinate along one axis (float32 math)."""
-    x = min(x, _ONE)
-    x = max(x, _ZERO)
+    if x > _ONE:  # comparisons, not min/max: a NaN must pass through (see below)
+        x = _ONE
+    if x < _ZERO:
+        x = _ZERO
     p = x * nf
     if p != p:  # NaN: a valid cell, NaN weights
         return 0, p
     c = int(np.floor(p))
-    c = min(c, nm1)
+    if c > nm1:
+        c = nm1
     return c, p - np.float32(c)
 
 
