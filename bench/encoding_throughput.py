@@ -40,7 +40,7 @@ SIZES = (2**16, 2**18)
 def available_backends() -> list[str]:
     out = ["torch"]
     try:
-        from fieldcraft.encodings.grid_kernels import _fallback_reason
+        from fieldcraft.encodings.grid_autograd import _fallback_reason
 
         if _fallback_reason(3, 2) is None:
             out.append("fast")

@@ -45,7 +45,9 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", boom)
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(OSError):
         ckpt.save_checkpoint(tmp_path, {"a": torch.zeros(3)}, {"step": 2})
     tensors, meta = ckpt.load_checkpoint(tmp_path)

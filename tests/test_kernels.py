@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fieldcraft.encodings import DenseGridConfig, HashGridConfig
-from fieldcraft.encodings import grid_kernels as kernels
+from fieldcraft.encodings import grid_autograd as kernels
 from fieldcraft.encodings.dispatch import grid_encode
 from fieldcraft.encodings.grid import GridLayout, corner_offsets, grid_encode_reference, vertex_rows
 from fieldcraft.errors import FieldcraftError

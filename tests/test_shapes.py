@@ -301,7 +301,8 @@ def test_export_back_in_input_coordinates_and_resume(tmp_path):
 
     field, cfg, norm, _ = load_shape_field(out)
     for mise in (True, False):
-        export_shape_mesh(out, tmp_path / f"m{mise}.ply", resolution=64, mise=mise)
+        stats = export_shape_mesh(out, tmp_path / f"m{mise}.ply", resolution=64, mise=mise)
+        assert stats["backend"] == "numpy"  # torch-free evaluation, checked against the module below
         got = trimesh.load(tmp_path / f"m{mise}.ply", process=False)
         np.testing.assert_allclose(got.bounds, box.bounds, atol=0.1)  # a 150-step fit, 64 cells over 2.1 units
         v, f, _ = extract_mesh(field, cfg.loss, 64, mise)

@@ -1,7 +1,9 @@
 """The ``fieldcraft`` command line: ``fieldcraft <verb> <task> ...``.
 
 Verbs: ``fit``, ``render``, ``eval``, ``export``. Each task's sub-commands live in their own
-module under :mod:`fieldcraft.commands` and register themselves through ``register(verbs)``.
+module under :mod:`fieldcraft.commands` and register themselves through ``register(verbs)``;
+registering imports no PyTorch, and a command that does not need it sets ``uses_torch=False``
+as a parser default.
 Bad input raises :class:`~fieldcraft.errors.FieldcraftError`, printed as one line
 (``fieldcraft: error: ...``) with exit status 2; ``--debug`` shows the traceback instead.
 """
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    set_threads()
+    if getattr(args, "uses_torch", True):  # torch-free commands (export mesh) skip importing it
+        set_threads()
     try:
         result = args.func(args)
     except FieldcraftError as exc:

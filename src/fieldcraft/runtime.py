@@ -13,7 +13,7 @@ same environment variables themselves):
 
 Existing environment settings always win.
 
-The numba grid kernels (:mod:`fieldcraft.encodings.grid_kernels`) and the row-sparse Adam use
+The numba grid kernels (:mod:`fieldcraft.kernels.grid`) and the row-sparse Adam use
 ``torch.get_num_threads()`` threads, so :func:`set_threads` / ``torch.set_num_threads``
 controls them too. :func:`cpu_autocast` offers bf16 autocast for wide MLPs (see
 ``docs/performance.md`` for its speed and PSNR cost).

@@ -46,7 +46,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--resolution", type=int, default=256, help="cells per axis over the normalised cube")
     e.add_argument("--mise", action="store_true", help="multiresolution extraction (only cells near the surface)")
     e.add_argument("--out", required=True, type=Path, help="mesh file to write (.ply or .obj), input coordinates")
-    e.set_defaults(func=_export)
+    e.set_defaults(func=_export, uses_torch=False)  # torch only if the field needs it
 
     r = verbs["render"].add_parser("sdf", help="sphere-trace a fitted SDF to PNGs")
     r.add_argument("directory", type=Path)
@@ -129,7 +129,7 @@ def _fit_autodecoder(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from fieldcraft.tasks.sdf import export_shape_mesh
+    from fieldcraft.tasks.shape_export import export_shape_mesh
 
     stats = export_shape_mesh(args.directory, args.out, args.resolution, mise=args.mise)
     print(f"wrote {args.out}: {stats['vertices']} vertices, {stats['faces']} faces, "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 from fieldcraft.encodings.base import EncodingConfig
-from fieldcraft.encodings.grid import GridEncoding, GridLayout
+from fieldcraft.encodings.grid import GridEncoding
 from fieldcraft.errors import check
+from fieldcraft.kernels.grid_layout import GridLayout, dense_grid_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,7 @@ class DenseGridConfig(EncodingConfig):
         return self.n_features
 
     def layout(self, in_dim: int) -> GridLayout:
-        rows = (self.resolution + 1) ** in_dim
-        return GridLayout(in_dim, self.n_features, (self.resolution,), (rows,), (False,))
+        return dense_grid_layout(in_dim, self.resolution, self.n_features)
 
     def build(self, in_dim: int) -> GridEncoding:
         check(in_dim in (1, 2, 3, 4), f"DenseGrid supports 1-4 input dimensions, got {in_dim}")

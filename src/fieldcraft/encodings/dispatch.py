@@ -1,6 +1,6 @@
 """Choose the implementation of a grid encoding: fast CPU kernel or PyTorch reference.
 
-The fast kernel (:mod:`fieldcraft.encodings.grid_kernels`) is used when all of these hold:
+The fast kernel (:mod:`fieldcraft.encodings.grid_autograd`, over the numba kernels of :mod:`fieldcraft.kernels.grid`) is used when all of these hold:
 the backend is ``"auto"`` or ``"fast"``, the tensors are float32 on the CPU, the points do
 not require gradients (the kernel differentiates with respect to the table only; input
 gradients and higher orders, e.g. an eikonal loss, take the reference path), and the
@@ -36,7 +36,7 @@ def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "au
 
 def _fast_kernel():
     try:
-        from fieldcraft.encodings.grid_kernels import grid_encode_fast
+        from fieldcraft.encodings.grid_autograd import grid_encode_fast
     except ImportError:
         return None
     return grid_encode_fast

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 
 from fieldcraft.encodings.base import EncodingConfig
-from fieldcraft.encodings.grid import GridEncoding, GridLayout, level_resolutions
+from fieldcraft.encodings.grid import GridEncoding
 from fieldcraft.errors import check
+from fieldcraft.kernels.grid_layout import GridLayout, hash_grid_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,8 @@ class HashGridConfig(EncodingConfig):
         return self.n_levels * self.n_features
 
     def layout(self, in_dim: int) -> GridLayout:
-        res = level_resolutions(self.n_levels, self.base_resolution, self.max_resolution, self.per_level_scale)
-        return GridLayout.build(in_dim, self.n_features, res, self.log2_table_size)
+        return hash_grid_layout(in_dim, self.n_levels, self.n_features, self.log2_table_size, self.base_resolution,
+                                self.max_resolution, self.per_level_scale)
 
     def build(self, in_dim: int) -> GridEncoding:
         check(in_dim in (1, 2, 3, 4), f"HashGrid supports 1-4 input dimensions, got {in_dim}")

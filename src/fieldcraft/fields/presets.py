@@ -11,15 +11,12 @@
 
 from __future__ import annotations
 
-from fieldcraft.encodings import (
-    FourierFeaturesConfig,
-    FrequencyEncodingConfig,
-    HashGridConfig,
-    IdentityEncodingConfig,
-)
+from typing import TYPE_CHECKING
+
 from fieldcraft.errors import FieldcraftError
-from fieldcraft.fields.field import FieldConfig
-from fieldcraft.networks import MLPConfig
+
+if TYPE_CHECKING:
+    from fieldcraft.fields.field import FieldConfig
 
 IMAGE_PRESETS = ("hash", "siren", "relu-pe", "fourier", "gauss")
 DEFAULT_IMAGE_PRESET = "hash"
@@ -31,6 +28,15 @@ def image_field_config(preset: str, channels: int, resolution: int = 256, seed: 
     ``resolution`` is the longer side of the image in pixels; only ``hash`` uses it (its finest
     level gets one cell per pixel, so super-resolved renders interpolate smoothly). ``seed`` seeds random encodings (Fourier features).
     """
+    from fieldcraft.encodings import (
+        FourierFeaturesConfig,
+        FrequencyEncodingConfig,
+        HashGridConfig,
+        IdentityEncodingConfig,
+    )
+    from fieldcraft.fields.field import FieldConfig
+    from fieldcraft.networks import MLPConfig
+
     scale, offset = 1.0, 0.0
     if preset == "hash":
         enc = HashGridConfig(n_levels=16, n_features=2, log2_table_size=18, base_resolution=16,

@@ -15,15 +15,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
 
 import fieldcraft
 from fieldcraft.errors import FieldcraftError
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a checkpoint's JSON or arrays does not need it
+    import numpy as np
+    import torch
+    from torch import Tensor
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _UMASK = os.umask(0)
@@ -57,6 +59,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_checkpoint(directory: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Atomically write ``tensors`` and JSON ``meta`` to ``directory/checkpoint.safetensors``."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     meta = {"fieldcraft_version": fieldcraft.__version__, **meta}
     header = json.dumps(meta)
@@ -69,19 +73,36 @@ def save_checkpoint(directory: Path, tensors: dict[str, Tensor], meta: dict[str,
 
 def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``."""
+    return _read(directory, "pt", str(device), None)
+
+
+def load_checkpoint_arrays(directory: Path, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(arrays, meta)`` like :func:`load_checkpoint`, as numpy arrays and only the tensors
+    under ``prefix.`` (e.g. ``field``), without importing torch. Raises
+    :class:`~fieldcraft.errors.FieldcraftError` for a missing or unreadable checkpoint, and
+    for tensors numpy cannot hold (bfloat16)."""
+    return _read(directory, "numpy", "cpu", prefix + ".")
+
+
+def _read(directory: Path, framework: str, device: str, prefix: str | None) -> tuple[dict, dict[str, Any]]:
     directory = Path(directory)
     path = directory / CHECKPOINT_NAME if directory.is_dir() else directory
     if not path.exists():
         raise FieldcraftError(f"{path}: no checkpoint here (expected {CHECKPOINT_NAME} written by 'fieldcraft fit')")
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        kwargs = {"device": device} if framework == "pt" else {}
+        with safe_open(str(path), framework=framework, **kwargs) as f:
             meta_text = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if prefix is None or k.startswith(prefix)}
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise FieldcraftError(f"{path}: unreadable checkpoint ({exc})") from None
     if meta_text is None:
         raise FieldcraftError(f"{path}: not a fieldcraft checkpoint (no '{META_KEY}' metadata)")
-    return tensors, json.loads(meta_text)
+    try:
+        meta = json.loads(meta_text)
+    except json.JSONDecodeError as exc:
+        raise FieldcraftError(f"{path}: malformed checkpoint metadata ({exc})") from None
+    return tensors, meta
 
 
 def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, Tensor]:
@@ -99,6 +120,8 @@ def build_loaded(build: Callable[[], torch.nn.Module], tensors: dict[str, Tensor
     without first initialising them: the module is built on the ``meta`` device and the loaded
     tensors are assigned. Falls back to an ordinary build + load when the module keeps a tensor
     the checkpoint does not hold."""
+    import torch
+
     state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     with torch.device("meta"):
         module = build()
@@ -114,6 +137,8 @@ def build_loaded(build: Callable[[], torch.nn.Module], tensors: dict[str, Tensor
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split an optimiser's state dict into tensors (for safetensors) and JSON (param groups,
     non-tensor state)."""
+    from torch import Tensor
+
     sd = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, Any] = {}

@@ -45,6 +45,7 @@ from fieldcraft.geometry.bvh import build_bvh, closest_points, winding_numbers
 from fieldcraft.geometry.mesh import Normalisation, Shape, normalise
 from fieldcraft.geometry.sampling import near_surface_samples, surface_samples, uniform_samples
 from fieldcraft.networks import MLPConfig
+from fieldcraft.tasks.shape_export import TASK_NAME, export_shape_mesh, extract_surface
 
 LOSSES = ("regression", "eikonal", "occupancy")
 
@@ -322,17 +323,6 @@ def field_function(field: nn.Module, chunk: int = 262_144, latent: Tensor | None
     return fn
 
 
-def level_and_side(loss: str) -> tuple[float, str, float | None]:
-    """Iso-level, which side is solid, and the Lipschitz bound MISE may assume, per loss.
-
-    SDFs use 0.5, half the true bound of a distance field: it halves the refined band, and
-    MISE's growth along the surface at the finest level restores any cell the optimistic test
-    missed (the MISE-vs-dense Chamfer distance is measured in bench/shapes.py)."""
-    if loss == "occupancy":
-        return 0.0, "above", None  # logits: 0 = probability 1/2, solid where positive
-    return 0.0, "below", 0.5
-
-
 # --------------------------------------------------------------------------------------------
 # auto-decoder (DeepSDF): one decoder, one latent code per shape
 
@@ -418,8 +408,6 @@ def prepare_shape(shape: Shape, config: SDFTaskConfig) -> tuple[Shape, Normalisa
 # --------------------------------------------------------------------------------------------
 # pipeline: fit -> checkpoint -> mesh / renders / metrics
 
-TASK_NAME = "sdf"
-
 
 def _save(out, trainer: SDFTrainer, norm: Normalisation, step: int, seconds: float, history, extra: dict) -> None:
     from fieldcraft.io.checkpoint import module_tensors, save_checkpoint
@@ -447,40 +435,8 @@ def load_shape_field(directory) -> tuple[Field, SDFTaskConfig, Normalisation, di
 
 def extract_mesh(field: nn.Module, loss: str, resolution: int, mise: bool = True, base: int = 32
                  ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Mesh of the field's surface in normalised coordinates (MISE or dense marching cubes),
-    cleaned (welded, no degenerate faces), with extraction seconds in the stats."""
-    from fieldcraft.geometry.marching_cubes import clean_mesh, extract_dense
-    from fieldcraft.geometry.mise import extract_mise
-
-    level, side, lip = level_and_side(loss)
-    fn = field_function(field)
-    t0 = time.perf_counter()
-    if mise:
-        while resolution % base or (resolution // base) & (resolution // base - 1):
-            base //= 2
-            check(base >= 2, f"MISE needs a resolution with a power-of-two factor, got {resolution}")
-        v, f, stats = extract_mise(fn, resolution, level, 1.0, side, base=base, lipschitz=lip)
-    else:
-        v, f = extract_dense(fn, resolution, level, 1.0, side)
-        stats = {"evaluations": (resolution + 1) ** 3}
-    v, f = clean_mesh(v, f)
-    stats["seconds"] = time.perf_counter() - t0
-    stats["method"] = "mise" if mise else "dense"
-    if len(f) == 0:
-        raise FieldcraftError("the fitted field has no surface inside [-1, 1]^3 (nothing to export)")
-    return v, f, stats
-
-
-def export_shape_mesh(directory, out_file, resolution: int = 256, mise: bool = True) -> dict:
-    """Write the checkpoint's surface as PLY/OBJ with vertex normals, in input coordinates."""
-    from fieldcraft.geometry.marching_cubes import vertex_normals
-    from fieldcraft.geometry.mesh import save_mesh
-
-    field, config, norm, _ = load_shape_field(directory)
-    v, f, stats = extract_mesh(field, config.loss, resolution, mise)
-    v_in = norm.inverse(v)
-    save_mesh(out_file, v_in, f, vertex_normals(v_in, f))
-    return {**stats, "vertices": len(v), "faces": len(f), "resolution": resolution}
+    """Mesh of the field's surface in normalised coordinates (see :func:`extract_surface`)."""
+    return extract_surface(field_function(field), loss, resolution, mise, base)
 
 
 def render_shape(directory, out_dir, views: int = 4, size: int = 256) -> list:

@@ -119,7 +119,7 @@ def adam_update(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, st
     if fast:
         rows = p.shape[0] if p.dim() > 0 else 1
         views = [t.detach().reshape(rows, -1).numpy() for t in (p, grad, exp_avg, exp_avg_sq)]
-        from fieldcraft.encodings.grid_kernels import num_threads
+        from fieldcraft.encodings.grid_autograd import num_threads
 
         _adam_rows(*views, np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
                    np.float32(step_size), np.float32(bc2_sqrt), np.float32(eps), np.float32(weight_decay),

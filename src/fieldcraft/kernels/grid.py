@@ -3,8 +3,8 @@
 Same semantics as :func:`fieldcraft.encodings.grid.grid_encode_reference` (cell
 ``min(floor(u N), N - 1)``, local coordinates ``u N - cell``, corner ``k`` with bit ``i`` on
 axis ``i``, dense rows ``sum_i v_i (N + 1)^i``, hashed rows ``xor_i (v_i P_i mod 2^32) mod
-size``), for 1-4 dimensions and any ``F``, float32 only, differentiable with respect to the
-table (not the points). Points outside ``[0, 1]^d`` are clamped; NaN coordinates give NaN
+size``), for 1-4 dimensions and any ``F``, float32 only: features of points and the gradient
+with respect to the table (not the points). Points outside ``[0, 1]^d`` are clamped; NaN coordinates give NaN
 features (never an out-of-range read).
 
 How it is fast (measured in ``docs/performance.md``):
@@ -18,32 +18,27 @@ How it is fast (measured in ``docs/performance.md``):
   output gradient), so there are no atomics and no per-thread copies of the table, and the
   result is bitwise the same for any thread count. With fewer levels than threads (a dense
   grid), points are split instead and per-thread partial tables are summed.
-- The table gradient is written into a buffer reused across steps (no 50 MB allocation per
-  step) when nobody else holds it; PyTorch takes it as ``table.grad`` without a copy.
-  Rows untouched by the batch are exact zeros, which :mod:`fieldcraft.train.row_sparse_adam` uses to
-  skip them.
+- The binding (:mod:`fieldcraft.encodings.grid_autograd`) writes the table gradient into a
+  buffer reused across steps (no 50 MB allocation per step); rows untouched by the batch
+  are exact zeros, which :mod:`fieldcraft.train.row_sparse_adam` uses to skip them.
 - ``D`` and ``F`` are compile-time constants (passed as tuple lengths), so the inner loops
   unroll; kernels are compiled once per ``(D, F)`` and cached on disk (``cache=True``).
 
-Thread count: the kernels use ``torch.get_num_threads()`` threads (capped by numba's
-``NUMBA_NUM_THREADS``), so ``torch.set_num_threads`` controls both.
-
-If numba is missing or a kernel fails to compile, :func:`grid_encode_fast` warns once and
-runs the reference instead.
+This module needs numpy and numba only (no PyTorch), so one-shot inference such as a mesh
+export (:mod:`fieldcraft.fields.inference`) can run without importing torch. The PyTorch
+autograd binding, with its fallback to the reference when numba is missing, is
+:mod:`fieldcraft.encodings.grid_autograd`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
-import warnings
 
 import numpy as np
-import torch
-from jaxtyping import Float
-from torch import Tensor
 
-from fieldcraft.encodings.grid import PRIMES, GridLayout, grid_encode_reference
+from fieldcraft.kernels.grid_layout import PRIMES, GridLayout
 
 try:  # numba is a declared dependency, but a broken install must not break the package
     import numba
@@ -263,7 +258,7 @@ def _levels_to_points(out_l, out, ftup, nparts):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _points_to_levels(g, g_l, ftup, nparts):
+def points_to_levels(g, g_l, ftup, nparts):
     """``g_l[l, i, j] = g[i, l F + j]``."""
     F = len(ftup)
     L, n, _ = g_l.shape
@@ -294,7 +289,7 @@ def _scatter_level(u, g_l, grad, lev, lo, hi, dtup, ftup, nres, off, size, hsh, 
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _backward_kernel(u, g_l, grad, dtup, ftup, res, sizes, hashed, pow2, offsets, nworkers):
+def backward_kernel(u, g_l, grad, dtup, ftup, res, sizes, hashed, pow2, offsets, nworkers):
     """Table gradient; worker ``w`` zeroes and accumulates levels ``w, w + W, ...`` (no races)."""
     D = len(dtup)
     F = len(ftup)
@@ -352,7 +347,7 @@ def _backward_split_kernel(u, g_l, grad, partial, dtup, ftup, res, sizes, hashed
 
 # ----------------------------------------------------------------------------- plumbing
 @functools.lru_cache(maxsize=64)
-def _layout_arrays(layout: GridLayout) -> tuple[np.ndarray, ...]:
+def layout_arrays(layout: GridLayout) -> tuple[np.ndarray, ...]:
     res = np.asarray(layout.resolutions, np.int64)
     sizes = np.asarray(layout.sizes, np.int64)
     hashed = np.asarray(layout.hashed, np.bool_)
@@ -361,179 +356,80 @@ def _layout_arrays(layout: GridLayout) -> tuple[np.ndarray, ...]:
     return res, sizes, hashed, pow2, offsets
 
 
-def num_threads() -> int:
-    """Threads the kernels use: ``torch.get_num_threads()``, capped by numba's pool size."""
-    n = torch.get_num_threads()
+def usable_cores() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity``, else ``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def kernel_threads(requested: int | None = None) -> int:
+    """Set and return the kernels' thread count: ``requested`` (default: the usable cores),
+    capped by numba's pool size (``NUMBA_NUM_THREADS``)."""
+    n = usable_cores() if requested is None else int(requested)
     if numba is not None:
         n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(n)
-    return n
+    return max(1, n)
 
 
 _state_lock = threading.Lock()
-_disabled: dict[tuple[int, int, bool], str] = {}
-_warned = False
-_compiled: set[tuple[int, int, bool]] = set()
+_forward_failures: dict[tuple[int, int], str] = {}
+_forward_ready: set[tuple[int, int]] = set()
 
 
-def _fallback_reason(dim: int, features: int, backward: bool = True) -> str | None:
-    """None when the kernels for ``dim``-D points with ``features`` features compile (or load from
-    numba's on-disk cache), else why not. Inference needs only the forward kernel, which halves
-    the start-up cost of a one-shot command such as a mesh export."""
+def warm_up_problem(dim: int, features: int) -> tuple[np.ndarray, np.ndarray, GridLayout]:
+    """Points, table and layout of a tiny problem that makes numba compile (or load) the
+    kernels for ``(dim, features)``; deterministic, so it never touches a user's RNG stream."""
+    layout = GridLayout(dim, features, (2,), (16,), (True,))
+    u = np.linspace(0.1, 0.9, 3 * dim, dtype=np.float32).reshape(3, dim)
+    return u, np.ones((16, features), np.float32), layout
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming why a kernel could not be compiled."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def forward_fallback_reason(dim: int, features: int) -> str | None:
+    """None when the forward kernel for ``dim``-D points with ``features`` features compiles
+    (or loads from numba's on-disk cache), else why not."""
     if _NUMBA_ERROR is not None:
         return f"numba unavailable ({_NUMBA_ERROR})"
-    key = (dim, features, backward)
-    if key in _compiled:
+    key = (dim, features)
+    if key in _forward_ready:
         return None
     with _state_lock:
-        if key in _disabled:
-            return _disabled[key]
+        if key in _forward_failures:
+            return _forward_failures[key]
         try:  # compile (or load from the on-disk cache) on a tiny problem
-            lay = GridLayout(dim, features, (2,), (16,), (True,))
-            u = np.linspace(0.1, 0.9, 3 * dim, dtype=np.float32).reshape(3, dim)  # no RNG use: keep users' streams
-            if backward:
-                with torch.inference_mode(False), torch.enable_grad():  # callers may be in no_grad/inference
-                    table = torch.ones(16, features, requires_grad=True)
-                    _GridEncodeFunction.apply(torch.from_numpy(u), table, lay).sum().backward()
-            else:
-                _run_forward(u, np.ones((16, features), np.float32), lay, 1)
+            u, table, lay = warm_up_problem(dim, features)
+            run_forward(u, table, lay, 1)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means "use the reference"
-            _disabled[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            return _disabled[key]
-        _compiled.add(key)
+            _forward_failures[key] = describe_failure(exc)
+            return _forward_failures[key]
+        _forward_ready.add(key)
     return None
 
 
-def _warn_once(reason: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(f"fieldcraft: fast grid kernel unavailable, using the PyTorch reference ({reason})",
-                      RuntimeWarning, stacklevel=3)
-
-
-def grid_encode_fast(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows F"], layout: GridLayout) -> Float[Tensor, "n L*F"]:
-    """Grid encoding of float32 CPU points ``u`` in ``[0, 1]^d`` (clamped), differentiable in ``table``.
-
-    Same result as :func:`~fieldcraft.encodings.grid.grid_encode_reference` up to float
-    rounding; falls back to it (with one warning) when numba cannot be used.
-
-    >>> lay = GridLayout.build(2, 2, (4, 8), 6)
-    >>> table = torch.randn(lay.n_rows, 2)
-    >>> u = torch.rand(5, 2)
-    >>> torch.allclose(grid_encode_fast(u, table, lay), grid_encode_reference(u, table, lay), atol=1e-6)
-    True
-    """
-    needs_graph = torch.is_grad_enabled() and table.requires_grad
-    reason = _fallback_reason(layout.dim, layout.n_features, backward=needs_graph)
-    if reason is not None:
-        _warn_once(reason)
-        return grid_encode_reference(u, table, layout)
-    if not needs_graph:  # no autograd node (no_grad, inference mode, frozen table)
-        out = _run_forward(u.detach().contiguous().numpy(), table.detach().contiguous().numpy(), layout, num_threads())
-        return torch.from_numpy(out)
-    return _GridEncodeFunction.apply(u, table, layout)
-
-
-def _run_forward(u: np.ndarray, table: np.ndarray, layout: GridLayout, nthreads: int) -> np.ndarray:
+def run_forward(u: np.ndarray, table: np.ndarray, layout: GridLayout, nthreads: int) -> np.ndarray:
+    """Features ``[n, L * F]`` of float32 points ``u [n, dim]`` in ``[0, 1]^d`` (clamped) from ``table``."""
     n, L, F = u.shape[0], layout.n_levels, layout.n_features
     out_l = np.empty((L, n, F), np.float32)
     out = np.empty((n, L * F), np.float32)
     if n == 0:
         return out
-    res, sizes, hashed, pow2, offsets = _layout_arrays(layout)
+    res, sizes, hashed, pow2, offsets = layout_arrays(layout)
     dtup, ftup = (0,) * layout.dim, (0,) * F
     _forward_kernel(u, table, out_l, dtup, ftup, res, sizes, hashed, pow2, offsets, nthreads)
     _levels_to_points(out_l, out, ftup, nthreads)
     return out
 
 
-def _run_backward_split(u: np.ndarray, g_l: np.ndarray, layout: GridLayout, nparts: int, grad: np.ndarray) -> None:
+def run_backward_split(u: np.ndarray, g_l: np.ndarray, layout: GridLayout, nparts: int, grad: np.ndarray) -> None:
     partial = np.empty((nparts, layout.n_rows, layout.n_features), np.float32)
-    res, sizes, hashed, pow2, offsets = _layout_arrays(layout)
+    res, sizes, hashed, pow2, offsets = layout_arrays(layout)
     _backward_split_kernel(u, g_l, grad, partial, (0,) * layout.dim, (0,) * layout.n_features,
                            res, sizes, hashed, pow2, offsets)
-
-
-class _GradBuffers:
-    """One reusable table-gradient buffer per table shape.
-
-    A buffer is handed out again only when no tensor other than our own references its
-    storage (i.e. the previous ``table.grad`` was released, as ``optimizer.zero_grad()``
-    does by default); otherwise a fresh array is used, so accumulation stays correct.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[int, int], tuple[Tensor, int]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, shape: tuple[int, int]) -> Tensor:
-        with self._lock:
-            entry = self._buffers.get(shape)
-            if entry is not None and _storage_use_count(entry[0]) == entry[1]:
-                return entry[0].detach()  # new TensorImpl: autograd adopts it without a copy
-            buf = torch.empty(shape, dtype=torch.float32)
-            count = _storage_use_count(buf)
-            if count > 0 and len(self._buffers) < 8:
-                self._buffers[shape] = (buf, count)
-            return buf.detach() if count > 0 else buf
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buffers.clear()
-
-
-def _storage_use_count(t: Tensor) -> int:
-    try:
-        return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
-    except Exception:  # private API gone: never reuse buffers
-        return -1
-
-
-_grad_buffers = _GradBuffers()
-
-
-def release_buffers() -> None:
-    """Drop the cached table-gradient buffers (frees memory after training)."""
-    _grad_buffers.clear()
-
-
-class _GridEncodeFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u: Tensor, table: Tensor, layout: GridLayout) -> Tensor:
-        u = u.detach().contiguous()
-        nthreads = num_threads()
-        out = _run_forward(u.numpy(), table.detach().contiguous().numpy(), layout, nthreads)
-        ctx.save_for_backward(u)
-        ctx.layout = layout
-        ctx.table_shape = tuple(table.shape)
-        return torch.from_numpy(out)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        (u,) = ctx.saved_tensors
-        layout: GridLayout = ctx.layout
-        grad = _grad_buffers.get(ctx.table_shape)
-        n, L, F = u.shape[0], layout.n_levels, layout.n_features
-        if n == 0:
-            grad.zero_()
-            return None, grad, None
-        nthreads = num_threads()
-        g = grad_out.detach().to(torch.float32).contiguous().numpy()
-        g_l = np.empty((L, n, F), np.float32)
-        ftup = (0,) * F
-        _points_to_levels(g, g_l, ftup, nthreads)
-        res, sizes, hashed, pow2, offsets = _layout_arrays(layout)
-        dtup = (0,) * layout.dim
-        un = u.numpy()
-        if L >= nthreads or nthreads == 1:
-            _backward_kernel(un, g_l, grad.numpy(), dtup, ftup, res, sizes, hashed, pow2, offsets, min(nthreads, L))
-        else:
-            try:  # compiled on first use (dense grids); same code as above, but be safe
-                _run_backward_split(un, g_l, layout, nthreads, grad.numpy())
-            except Exception as exc:
-                if numba is None or not isinstance(exc, numba.core.errors.NumbaError):
-                    raise
-                _backward_kernel(un, g_l, grad.numpy(), dtup, ftup, res, sizes, hashed, pow2, offsets, 1)
-        return None, grad, None
