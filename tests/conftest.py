@@ -13,4 +13,5 @@ def _seed():
     yield
 
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+# The shared datasets (../shared/data beside the checkout); FIELDCRAFT_SHARED_DATA points elsewhere.
+SHARED_DATA = os.environ.get("FIELDCRAFT_SHARED_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
