@@ -327,6 +327,36 @@ def test_rays_that_miss_the_box_render_the_background(preset):
     assert float(out["opacity"][1]) == 0.0 and float(out["opacity"][0]) > 0.99
 
 
+def test_radiance_field_world_positions_and_glorot_init():
+    """``positions='world'`` encodes world coordinates as they are: the same field as ``box`` over
+    the box [-1, 1]^3 (where normalising is the identity), whatever the box. ``init='glorot'``:
+    Glorot-uniform weights within sqrt(6 / (fan_in + fan_out)), zero biases."""
+    from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig
+    from fieldcraft.fields.radiance import RadianceFieldConfig
+
+    torch.manual_seed(0)
+    cfg = RadianceFieldConfig(position_encoding=FrequencyEncodingConfig(n_frequencies=3, pi_scale=False), trunk_width=32,
+                              trunk_layers=3, skips=(2,), n_features=3, color_layers=-1, density_activation="softplus")
+    unit = cfg.build(torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    world = cfg.replace(positions="world").build(torch.tensor([[-3.0, -2.0, -1.0], [4.0, 2.0, 1.5]]))
+    world.load_state_dict({k: v for k, v in unit.state_dict().items() if k != "aabb"}, strict=False)
+    x = torch.rand(50, 3) * 2 - 1
+    for a, b in zip(world(x), unit(x)):
+        torch.testing.assert_close(a, b)
+    moved = cfg.build(torch.tensor([[-3.0, -2.0, -1.0], [4.0, 2.0, 1.5]]))
+    moved.load_state_dict(world.state_dict())
+    assert not torch.allclose(moved(x)[0], world(x)[0])  # a box field normalises; the world field does not
+
+    glorot = cfg.replace(init="glorot").build(torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    for lin in [m for m in glorot.modules() if isinstance(m, torch.nn.Linear)]:
+        fan_out, fan_in = lin.weight.shape
+        bound, top = math.sqrt(6.0 / (fan_in + fan_out)), float(lin.weight.detach().abs().max())
+        assert 0.8 * bound < top <= bound
+        assert float(lin.bias.detach().abs().max()) == 0.0
+    with pytest.raises(FieldcraftError, match="positions='world'"):
+        cfg.replace(position_encoding=HashGridConfig(), positions="world").build(torch.tensor([[-1.0] * 3, [1.0] * 3]))
+
+
 def test_micro_batches_give_the_whole_batch_gradient():
     """Backpropagating a batch in pieces adds up to the gradient of the whole batch (same jitter:
     stratified jitter drawn piece by piece is the same stream as drawn at once)."""

@@ -2,7 +2,7 @@
 
 ::
 
-    x in scene box --(to [-1, 1])--> position encoding --> trunk MLP --> [raw density, features]
+    x in scene box --(to [-1, 1], or as is)--> position encoding --> trunk MLP --> [raw density, features]
     sigma = activation(raw density + density_bias)
     rgb   = sigmoid(colour MLP([features, direction encoding(d)]))      (colour MLP present)
           = sigmoid(features[:3])                                         (no colour MLP, tiny-NeRF)
@@ -20,10 +20,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from fieldcraft.config import Config
-from fieldcraft.encodings import EncodingConfig, FrequencyEncodingConfig
+from fieldcraft.encodings import EncodingConfig, FourierFeaturesConfig, FrequencyEncodingConfig, IdentityEncodingConfig
 from fieldcraft.errors import check
 
 DENSITY_ACTIVATIONS = ("trunc_exp", "relu", "softplus")
+POSITIONS = ("box", "world")
+INITS = ("torch", "glorot")
+WORLD_ENCODINGS = (FrequencyEncodingConfig, FourierFeaturesConfig, IdentityEncodingConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,10 @@ class RadianceFieldConfig(Config):
       means no colour MLP (``rgb = sigmoid(features[:3])``).
     - ``density_activation``: ``trunc_exp`` (Instant-NGP), ``relu`` (NeRF) or ``softplus``.
     - ``density_bias``: added to the raw density before the activation.
+    - ``positions``: what the position encoding sees: ``box`` (normalised to ``[-1, 1]^3`` over the
+      scene box) or ``world`` (world coordinates as they are; the tiny-NeRF notebook).
+    - ``init``: linear-layer initialisation: ``torch`` (PyTorch's default, as nerf-pytorch) or
+      ``glorot`` (Glorot-uniform weights, zero biases: Keras' default, as the TensorFlow NeRF code).
     """
 
     type_name = "RadianceField"
@@ -52,10 +59,16 @@ class RadianceFieldConfig(Config):
     color_layers: int = 2
     density_activation: str = "trunc_exp"
     density_bias: float = 0.0
+    positions: str = "box"
+    init: str = "torch"
 
     def build(self, aabb: Tensor) -> RadianceField:
         check(self.density_activation in DENSITY_ACTIVATIONS,
               f"unknown density activation {self.density_activation!r} (use {'|'.join(DENSITY_ACTIVATIONS)})")
+        check(self.positions in POSITIONS, f"unknown positions {self.positions!r} (use {'|'.join(POSITIONS)})")
+        check(self.positions == "box" or isinstance(self.position_encoding, WORLD_ENCODINGS),
+              "positions='world' needs a frequency, Fourier-feature or identity encoding (grids index [-1, 1]^3)")
+        check(self.init in INITS, f"unknown init {self.init!r} (use {'|'.join(INITS)})")
         check(self.color_layers >= 0 or self.n_features >= 3, "without a colour MLP the field needs n_features >= 3")
         return RadianceField(self, aabb)
 
@@ -100,13 +113,18 @@ class RadianceField(nn.Module):
             self.color = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         else:
             self.color = None
+        if c.init == "glorot":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def normalize(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
         """World points to ``[-1, 1]^3`` over the scene box."""
         return (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
 
     def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        enc = self.position_encoding(self.normalize(x))
+        enc = self.position_encoding(self.normalize(x) if self.config.positions == "box" else x)
         h = enc
         for i, lin in enumerate(self.trunk):
             if i in self.config.skips and i > 0:

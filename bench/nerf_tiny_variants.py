@@ -1,0 +1,109 @@
+"""``tiny`` NeRF variants side by side: short fits of the same steps and seed, scored on test views.
+
+    python bench/nerf_tiny_variants.py --steps 100 --test-views 20 --threads 1
+
+Variants (all: 8x256 ReLU, skip at 5, softplus density, 64 stratified samples in the box, one full
+lego_100 image per step, bf16, Adam at a constant 5e-4, so only these fields differ):
+
+- ``box_torch``: positions normalised over the scene box, ``sin(2^k pi p)``, PyTorch's default init
+  (the ``tiny`` preset up to session 4);
+- ``box_glorot``: the same with Glorot-uniform weights and zero biases (Keras' default, the notebook's);
+- ``world_glorot``: also the notebook's encoding, ``sin(2^k x)`` on world coordinates.
+
+The variants run at the same time, one process each (``--threads`` per process), so a noisy machine
+slows them alike. Each writes ``--work/<variant>``; the figures (test PSNR / SSIM on the first
+``--test-views`` test views, training-image PSNR of the last 10 steps, seconds) go to
+``bench/results/nerf_tiny_variants.json`` and are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "nerf" / "lego_100"
+RESULTS = HERE / "results" / "nerf_tiny_variants.json"
+VARIANTS = ("box_torch", "box_glorot", "world_glorot")
+
+
+def variant_config(name: str, seed: int):
+    from fieldcraft.encodings import FrequencyEncodingConfig
+    from fieldcraft.tasks.nerf import nerf_config
+
+    cfg = nerf_config("tiny", schedule="constant", seed=seed)
+    world = name.startswith("world")
+    field = cfg.field.replace(position_encoding=FrequencyEncodingConfig(n_frequencies=6, pi_scale=not world),
+                              positions="world" if world else "box", init="glorot" if name.endswith("glorot") else "torch")
+    return cfg.replace(field=field)
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    from fieldcraft.io.checkpoint import load_checkpoint
+    from fieldcraft.tasks.nerf import evaluate, fit
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.work) / name
+    t0 = time.perf_counter()
+    fit(args.data, out, steps=args.steps, config=variant_config(name, args.seed), progress=False, checkpoint_seconds=1e9)
+    seconds = time.perf_counter() - t0
+    m = evaluate(out, max_images=args.test_views, progress=False)
+    _, meta = load_checkpoint(out)
+    tail = [v["psnr"] for v in (meta.get("history") or {}).get("values", [])][-10:]
+    return {"variant": name, "steps": args.steps, "fit_seconds": seconds, "test_views": m["views"], "test_psnr": m["psnr"],
+            "test_ssim": m["ssim"], "train_psnr_last_logged": tail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--test-views", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="threads per variant process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="/tmp/fieldcraft_bench_tiny_variants")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return 0
+    names = [v for v in args.variants.split(",") if v]
+    for v in names:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r} (choose from {', '.join(VARIANTS)})")
+    base = [sys.executable, __file__, "--data", args.data, "--steps", str(args.steps), "--test-views", str(args.test_views),
+            "--threads", str(args.threads), "--seed", str(args.seed), "--work", args.work]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    procs = {v: subprocess.Popen([*base, "--one", v], stdout=subprocess.PIPE, text=True, env=env) for v in names}
+    rows = []
+    for v, p in procs.items():
+        stdout, _ = p.communicate()
+        if p.returncode != 0:
+            print(f"variant {v} failed (exit {p.returncode})", file=sys.stderr)
+            return 1
+        rows.append(json.loads(stdout.strip().splitlines()[-1]))
+    load = os.getloadavg()[0]
+    for r in rows:
+        r["load_average_at_end"] = load
+        print(f"{r['variant']:>14}  {r['steps']} steps  {r['fit_seconds']:7.0f} s  test PSNR {r['test_psnr']:.2f} dB  "
+              f"SSIM {r['test_ssim']:.3f}  ({r['test_views']} views)")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps({"command": "python bench/nerf_tiny_variants.py " + " ".join(argv or sys.argv[1:]),
+                                              "results": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
