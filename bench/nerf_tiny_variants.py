@@ -2,13 +2,15 @@
 
     python bench/nerf_tiny_variants.py --steps 100 --test-views 20 --threads 1
 
-Variants (all: 8x256 ReLU, skip at 5, softplus density, 64 stratified samples in the box, one full
+Variants (all: 8x256 ReLU, skip at 5, softplus density, 64 stratified samples in a box, one full
 lego_100 image per step, bf16, Adam at a constant 5e-4, so only these fields differ):
 
 - ``box_torch``: positions normalised over the scene box, ``sin(2^k pi p)``, PyTorch's default init
   (the ``tiny`` preset up to session 4);
 - ``box_glorot``: the same with Glorot-uniform weights and zero biases (Keras' default, the notebook's);
-- ``world_glorot``: also the notebook's encoding, ``sin(2^k x)`` on world coordinates.
+- ``world_glorot``: also the notebook's encoding, ``sin(2^k x)`` on world coordinates;
+- ``world_glorot_hull``: also the samples in the box around the training views' visual hull
+  (``box="silhouette"``, the ``tiny`` preset since session 6) instead of the dataset's ``[-1.5, 1.5]^3``.
 
 The variants run at the same time, one process each (``--threads`` per process), so a noisy machine
 slows them alike. Each writes ``--work/<variant>``; the figures (test PSNR / SSIM on the first
@@ -32,7 +34,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "nerf" / "lego_100"
 RESULTS = HERE / "results" / "nerf_tiny_variants.json"
-VARIANTS = ("box_torch", "box_glorot", "world_glorot")
+VARIANTS = ("box_torch", "box_glorot", "world_glorot", "world_glorot_hull")
 
 
 def variant_config(name: str, seed: int):
@@ -42,8 +44,8 @@ def variant_config(name: str, seed: int):
     cfg = nerf_config("tiny", schedule="constant", seed=seed)
     world = name.startswith("world")
     field = cfg.field.replace(position_encoding=FrequencyEncodingConfig(n_frequencies=6, pi_scale=not world),
-                              positions="world" if world else "box", init="glorot" if name.endswith("glorot") else "torch")
-    return cfg.replace(field=field)
+                              positions="world" if world else "box", init="torch" if "torch" in name else "glorot")
+    return cfg.replace(field=field, box="silhouette" if name.endswith("hull") else "dataset")
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:

@@ -299,9 +299,12 @@ def test_two_step_smoke_train_every_preset(preset, tmp_path):
     assert summary["steps"] == 2 and math.isfinite(summary["final_psnr"])
     _, meta = nerf.load_model(tmp_path / preset)
     assert meta["config"]["preset"] == preset and meta["step"] == 2
-    # resume continues from step 2
+    dataset_box = [[-1.5] * 3, [1.5] * 3]
+    assert (meta["aabb"] != dataset_box) == (preset == "tiny")  # tiny samples in the silhouette box
+    # resume continues from step 2, in the same box
     summary = nerf.fit(LEGO_MINI, tmp_path / preset, steps=3, resume=True, progress=False)
     assert summary["steps"] == 3
+    assert nerf.load_model(tmp_path / preset)[1]["aabb"] == meta["aabb"]
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vanilla", "instant"])
@@ -325,6 +328,45 @@ def test_rays_that_miss_the_box_render_the_background(preset):
         out = model.render(rays, bg)
     torch.testing.assert_close(out["rgb"][1], bg[0])
     assert float(out["opacity"][1]) == 0.0 and float(out["opacity"][0]) > 0.99
+
+
+@pytest.mark.parametrize("preset", ["tiny", "vanilla"])
+def test_skipping_rays_that_miss_the_box_changes_nothing(preset):
+    """``render`` leaves out rays with an empty range; the result equals rendering every ray."""
+    from fieldcraft.tasks import nerf
+
+    data = load_posed_images(LEGO_MINI, "test", max_images=1)
+    rays = nerf.image_rays(data, 0)[::37]
+    rays.t_max[::3] = rays.t_min[::3]  # a third of them miss
+    cfg = nerf.nerf_config(preset, bf16=False, n_samples=16, n_importance=16 if preset == "vanilla" else 0)
+    model = nerf.NerfModel(cfg, data.aabb, False)
+    bg = torch.tensor([[0.2, 0.4, 0.6]])
+    with torch.no_grad():
+        skipped, full = model.render(rays, bg), model._render_hits(rays, bg, False, None)
+    assert int(skipped["samples"]) < int(full["samples"])
+    for key in ("rgb", "opacity", "depth") + (("rgb_coarse",) if preset == "vanilla" else ()):
+        torch.testing.assert_close(skipped[key], full[key])
+
+
+def test_silhouette_box_holds_the_object():
+    """The box around the training views' visual hull (lego_100) is far smaller than the dataset's
+    [-1.5, 1.5]^3, and every test-view ray through a pixel the object covers still crosses it."""
+    from fieldcraft.data.bounds import silhouette_aabb
+    from fieldcraft.tasks import nerf
+
+    lego = Path(SHARED_DATA) / "nerf" / "lego_100"
+    train = load_posed_images(lego, "train")
+    box = silhouette_aabb(train)
+    volume = float((box[1] - box[0]).prod() / (train.aabb[1] - train.aabb[0]).prod())
+    assert 0.15 < volume < 0.5
+    test = load_posed_images(lego, "test", max_images=40)
+    test.aabb = box
+    for k in range(len(test)):
+        rays = nerf.image_rays(test, k)
+        covered = test.images[k, ..., 3].reshape(-1) > 0.01
+        assert bool((rays.t_max > rays.t_min)[covered].all()), test.names[k]
+    with pytest.raises(FieldcraftError, match="RGBA"):
+        silhouette_aabb(load_posed_images(Path(SHARED_DATA) / "nerf" / "fern_llff", "train", max_images=2))
 
 
 def test_radiance_field_world_positions_and_glorot_init():
@@ -360,11 +402,13 @@ def test_radiance_field_world_positions_and_glorot_init():
 def test_micro_batches_give_the_whole_batch_gradient():
     """Backpropagating a batch in pieces adds up to the gradient of the whole batch (same jitter:
     stratified jitter drawn piece by piece is the same stream as drawn at once)."""
+    from fieldcraft.data.bounds import silhouette_aabb
     from fieldcraft.tasks import nerf
 
     data = load_posed_images(LEGO_MINI, "train", max_images=2)
     data.images = data.images[:, 2::8, 2::8].contiguous()  # a 13x13 image keeps the full-image batch small
     data.cameras = data.cameras.rescaled(13, 13)
+    data.aabb = silhouette_aabb(data)  # some rays miss the box: they are left out of every piece
     grads = []
     for micro in (0, 40):
         cfg = nerf.nerf_config("tiny", micro_batch_rays=micro, bf16=False, n_samples=16, seed=1)

@@ -10,7 +10,7 @@ Presets (:data:`PRESETS`, :func:`nerf_config`):
 |---|---|---|---|---|
 | ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..512) -> 64 -> 16 feats; SH deg 4 -> 64x2 -> rgb | occupancy grid 64^3, 256 steps across the box diagonal, early termination | ~2^14 samples (rays adapt) | Instant-NGP / nerfacc |
 | ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb | 64 stratified (coarse) + 128 importance (fine field) | 1024 rays | NeRF paper |
-| ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified | one full image | tiny-NeRF notebook |
+| ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified in the silhouette box | one full image | tiny-NeRF notebook |
 
 ``tiny`` keeps the notebook's network (8x256 ReLU, skip at 5, one output layer to rgb + density,
 Glorot-uniform weights and zero biases as Keras initialises them), its encoding (world
@@ -21,8 +21,12 @@ ray, one full training image per step and Adam from 5e-4. It departs from it in 
    a ReLU density is pushed below zero everywhere within a few full-image steps (an empty scene
    renders the white background, the majority of every image) and, with zero gradient, never
    recovers. Measured on lego_100: ReLU stays at the all-white PSNR after 25 steps, softplus learns.
-2. The 64 samples span the ray's intersection with the scene box (within ``[near, far]``),
-   not all of ``[2, 6]``: the same sample count, none spent outside the box.
+2. The 64 samples span the ray's intersection with a box (within ``[near, far]``), not all of
+   ``[2, 6]``: the box around the visual hull of the training views' alpha masks
+   (``box="silhouette"``, :func:`fieldcraft.data.bounds.silhouette_aabb`; lego: 30 % of the
+   ``[-1.5, 1.5]^3`` scene box). The same sample count, about twice as dense where the object
+   can be (mean length sampled per ray 1.38 instead of 2.86 on lego_100); 20 % of the rays miss
+   the box, render the background and cost nothing.
 3. The MLP runs under bfloat16 autocast (compositing in float32): 1.8x faster on this CPU.
 4. The learning rate decays exponentially from 5e-4 to 5e-5 over the run (the NeRF paper's
    schedule shape) instead of staying constant: with a constant rate the test PSNR stopped
@@ -42,6 +46,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from fieldcraft.config import Config
+from fieldcraft.data.bounds import silhouette_aabb
 from fieldcraft.data.cameras import Cameras
 from fieldcraft.data.scene import PosedImages, composite, load_posed_images
 from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig, SphericalHarmonicsConfig
@@ -63,6 +69,7 @@ from fieldcraft.render.samplers import interval_points, merge_edges, sample_pdf,
 PRESETS = ("instant", "vanilla", "tiny")
 DEFAULT_PRESET = "instant"
 BACKGROUNDS = ("white", "black", "random")
+BOXES = ("dataset", "silhouette")
 TASK = "nerf"
 
 
@@ -93,6 +100,10 @@ class NerfConfig(Config):
     - ``background``: ``white`` | ``black`` | ``random`` (see module docstring).
     - ``bf16``: evaluate the field's MLPs under bfloat16 autocast (CPU); compositing stays float32.
       About 1.8x faster for the 8x256 MLPs of ``vanilla`` / ``tiny`` on CPUs with AVX512-BF16.
+    - ``box``: the box the field lives in and rays are clipped to: ``dataset`` (the reader's scene
+      box) or ``silhouette`` (the box around the training views' visual hull,
+      :func:`fieldcraft.data.bounds.silhouette_aabb`; RGBA images, else a warning and the dataset
+      box; forward-facing NDC scenes keep theirs). Saved in the checkpoint.
     - ``seed``: seeds weights, batches and jitter.
     """
 
@@ -120,6 +131,7 @@ class NerfConfig(Config):
     schedule: str = "steps"
     background: str = "white"
     bf16: bool = False
+    box: str = "dataset"
     seed: int = 0
 
 
@@ -146,7 +158,8 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
             trunk_width=256, trunk_layers=8, skips=(5,), n_features=3, direction_encoding=None, color_layers=-1,
             density_activation="softplus", density_bias=-1.0)
         cfg = NerfConfig(preset=preset, field=field, sampler="stratified", n_samples=64, full_image=True,
-                         micro_batch_rays=512, lr=5e-4, schedule="exp", background="white", bf16=True)
+                         micro_batch_rays=512, lr=5e-4, schedule="exp", background="white", bf16=True,
+                         box="silhouette")
     else:
         raise FieldcraftError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if ndc and preset == "instant":
@@ -221,7 +234,21 @@ class NerfModel(nn.Module):
 
     def render(self, rays: Rays, background: Tensor, train: bool = False, step: int | None = None) -> dict[str, Tensor]:
         """Render rays: ``rgb`` [m, 3] (over ``background`` [m or 1, 3]), ``opacity`` [m, 1], ``depth`` [m, 1]
-        (expected distance along the ray where opaque; NDC ``t`` for NDC scenes), ``samples`` (count)."""
+        (expected distance along the ray where opaque; NDC ``t`` for NDC scenes), ``samples`` (count).
+        Rays with an empty range (``t_min == t_max``: they miss the box) show the background and cost nothing."""
+        hit = rays.t_max > rays.t_min
+        if bool(hit.all()):
+            return self._render_hits(rays, background, train, step)
+        m = len(rays)
+        bg = background.expand(m, 3)
+        idx = hit.nonzero().squeeze(-1)
+        empty = {"rgb": bg, "rgb_coarse": bg, "opacity": bg.new_zeros(m, 1), "depth": bg.new_zeros(m, 1)}
+        if len(idx) == 0:
+            return {"rgb": bg.clone(), "opacity": empty["opacity"], "depth": empty["depth"], "samples": torch.tensor(0)}
+        part = self._render_hits(rays[idx], bg[idx], train, step)
+        return {k: v if k == "samples" else empty[k].index_copy(0, idx, v) for k, v in part.items()}
+
+    def _render_hits(self, rays: Rays, background: Tensor, train: bool, step: int | None) -> dict[str, Tensor]:
         if self.grid is not None:
             return self._render_packed(rays, background, train, step)
         return self._render_stratified(rays, background, train)
@@ -378,8 +405,15 @@ class NerfTrainer:
         piece = c.micro_batch_rays if c.micro_batch_rays > 0 else m
         mse = loss_sum = 0.0
         samples = 0
-        for s in range(0, m, piece):
-            sl = slice(s, min(s + piece, m))
+        # Rays that miss the box render the background whatever the weights: their error is a constant.
+        hit = rays.t_max > rays.t_min
+        if not bool(hit.all()):
+            miss = ~hit
+            err = float(torch.sum(((bg[miss] if len(bg) > 1 else bg) - target[miss]) ** 2)) / (m * 3)
+            mse, loss_sum = mse + err, loss_sum + (2 * err if c.n_importance > 0 else err)
+        ids = hit.nonzero().squeeze(-1)
+        for s in range(0, len(ids), piece):
+            sl = ids[s:s + piece]
             out = self.model.render(rays[sl], bg[sl] if len(bg) > 1 else bg, train=True, step=step)
             # Sums over the piece divided by the whole batch's size: the pieces' losses add up to the batch mean.
             err = torch.sum((out["rgb"] - target[sl]) ** 2) / (m * 3)
@@ -462,6 +496,14 @@ def fit(data_path: str | Path, out_dir: str | Path, preset: str = DEFAULT_PRESET
         history = History.from_dict(meta.get("history") or {})
     elif config is None:
         config = nerf_config(preset, background, ndc=data.ndc, seed=seed)
+    check(config.box in BOXES, f"unknown box {config.box!r} (use {'|'.join(BOXES)})")
+    if meta is not None:
+        data = dataclasses.replace(data, aabb=torch.tensor(meta["aabb"]))
+    elif config.box == "silhouette" and not data.ndc:
+        if data.images.shape[-1] == 4:
+            data = dataclasses.replace(data, aabb=silhouette_aabb(data))
+        else:
+            warnings.warn(f"{data.source}: no alpha channel for box='silhouette'; using the dataset's scene box", stacklevel=2)
     trainer = NerfTrainer(config, data, str(Path(data_path).resolve()), steps, seconds)
     if tensors is not None:
         trainer.load_state(tensors, meta)
@@ -496,6 +538,12 @@ def load_model(out_dir: str | Path) -> tuple[NerfModel, dict[str, Any]]:
     return model, meta
 
 
+def fitted_views(meta: dict[str, Any], data_path: str | None, split: str, max_images: int | None = None) -> PosedImages:
+    """A split of the fitted dataset (or of ``data_path``), its rays clipped to the box the field was fitted in."""
+    data = load_posed_images(data_path or meta["data"], split, max_images=max_images)
+    return dataclasses.replace(data, aabb=torch.tensor(meta["aabb"], dtype=data.aabb.dtype))
+
+
 def depth_picture(depth: np.ndarray, opacity: np.ndarray) -> np.ndarray:
     """Colour depth map (turbo, near = red... far = blue inverted to near bright) normalised to the
     1st-99th percentile of depth where opacity > 0.5; transparent pixels black."""
@@ -521,7 +569,7 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | None = N
     from fieldcraft.io.images import write_png
 
     model, meta = load_model(out_dir)
-    data = load_posed_images(data_path or meta["data"], split, max_images=max_images)
+    data = fitted_views(meta, data_path, split, max_images)
     bg = background_colour(model.config.background)
     dest = Path(out_dir) / "eval" / split
     views = []
@@ -622,7 +670,7 @@ def render_orbit(out_dir: str | Path, dest: str | Path, frames: int = 60, fps: i
     from tqdm.auto import tqdm
 
     model, meta = load_model(out_dir)
-    data = load_posed_images(data_path or meta["data"], "train")
+    data = fitted_views(meta, data_path, "train")
     cams = orbit_cameras(data, frames)
     bg = background_colour(model.config.background)
     images = []

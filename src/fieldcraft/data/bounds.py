@@ -1,0 +1,63 @@
+"""Scene bounds from silhouettes: the box around the visual hull of posed RGBA images.
+
+A point of the scene box that projects onto a transparent pixel of any view (``alpha == 0`` after
+a small dilation) lies outside the object; the points no view rules out form the visual hull,
+which contains the object. :func:`silhouette_aabb` returns the axis-aligned box around it, padded,
+so that a stratified sampler spends its samples where the object can be (NeRF-synthetic lego:
+about a quarter of the ``[-1.5, 1.5]^3`` box's volume).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from fieldcraft.data.cameras import project
+from fieldcraft.data.scene import PosedImages
+from fieldcraft.errors import FieldcraftError
+
+
+def silhouette_aabb(data: PosedImages, resolution: int = 96, dilate: int = 2, pad: float = 0.05) -> Float[Tensor, "2 3"]:
+    """Box (min, max) around the visual hull of ``data``'s alpha masks, within ``data.aabb``.
+
+    - ``resolution``: voxel centres per axis of ``data.aabb`` tested against every view.
+    - ``dilate``: grow each mask by this many pixels first (soft, antialiased edges).
+    - ``pad``: add this fraction of the hull's extent (plus one voxel) on every side.
+
+    Views that do not see a point (outside the image or behind the camera) do not rule it out.
+    Raises :class:`FieldcraftError` without an alpha channel or if the hull is empty.
+
+    >>> from fieldcraft.data.cameras import Cameras
+    >>> c2w = torch.tensor([[[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 6]]])  # at z = 6, looking down -z
+    >>> img = torch.zeros(1, 64, 64, 4); img[:, 28:36, 28:36, 3] = 1    # an opaque square in the middle
+    >>> d = PosedImages(img, Cameras.from_fov(c2w, 1.0, 64, 64), ["a"], 2.0, 9.0, torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    >>> box = silhouette_aabb(d)             # x, y shrink to the square's cone; z (along the view) cannot
+    >>> bool((box[1, :2] < 1.0).all() and (box[0, :2] > -1.0).all()), box[:, 2].tolist()
+    (True, [-1.5, 1.5])
+    """
+    if data.images.shape[-1] != 4:
+        raise FieldcraftError(f"{data.source or 'images'}: silhouette bounds need RGBA images (alpha masks), got {data.images.shape[-1]} channels")
+    lo, hi = data.aabb[0].float(), data.aabb[1].float()
+    axes = [lo[i] + (torch.arange(resolution) + 0.5) * (hi[i] - lo[i]) / resolution for i in range(3)]
+    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    masks = (data.images[..., 3] > 0).float()[:, None]
+    if dilate > 0:
+        masks = torch.nn.functional.max_pool2d(masks, 2 * dilate + 1, stride=1, padding=dilate)
+    masks = masks[:, 0] > 0
+    h, w = data.height, data.width
+    keep = torch.ones(len(pts), dtype=torch.bool)
+    for k in range(len(data)):
+        uv, depth = project(data.cameras, pts, torch.full((len(pts),), k, dtype=torch.long))
+        j, i = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        seen = (depth > 0) & (j >= 0) & (j < w) & (i >= 0) & (i < h)
+        inside = torch.zeros_like(seen)
+        inside[seen] = masks[k, i[seen], j[seen]]
+        keep &= inside | ~seen
+    if not keep.any():
+        raise FieldcraftError(f"{data.source or 'images'}: the alpha masks leave no point of the scene box (empty visual hull)")
+    hull = pts[keep]
+    voxel = (hi - lo) / resolution
+    a, b = hull.min(0).values, hull.max(0).values
+    margin = pad * (b - a) + voxel
+    return torch.stack([torch.maximum(a - margin, lo), torch.minimum(b + margin, hi)])
