@@ -4,7 +4,7 @@ A point of the scene box that projects onto a transparent pixel of any view (``a
 a small dilation) lies outside the object; the points no view rules out form the visual hull,
 which contains the object. :func:`silhouette_aabb` returns the axis-aligned box around it, padded,
 so that a stratified sampler spends its samples where the object can be (NeRF-synthetic lego:
-about a quarter of the ``[-1.5, 1.5]^3`` box's volume).
+30 % of the ``[-1.5, 1.5]^3`` box's volume).
 """
 
 from __future__ import annotations
