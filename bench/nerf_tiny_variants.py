@@ -10,7 +10,9 @@ lego_100 image per step, bf16, Adam at a constant 5e-4, so only these fields dif
 - ``box_glorot``: the same with Glorot-uniform weights and zero biases (Keras' default, the notebook's);
 - ``world_glorot``: also the notebook's encoding, ``sin(2^k x)`` on world coordinates;
 - ``world_glorot_hull``: also the samples in the box around the training views' visual hull
-  (``box="silhouette"``, the ``tiny`` preset since session 6) instead of the dataset's ``[-1.5, 1.5]^3``.
+  (``box="silhouette"``, the ``tiny`` preset in session 6) instead of the dataset's ``[-1.5, 1.5]^3``;
+- ``world_glorot_hull_rays``: also each ray's samples only over its stretch through the visual hull
+  itself (``box="hull"``, the ``tiny`` preset since session 7).
 
 The variants run at the same time, one process each (``--threads`` per process), so a noisy machine
 slows them alike. Each writes ``--work/<variant>``; the figures (test PSNR / SSIM on the first
@@ -34,7 +36,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "nerf" / "lego_100"
 RESULTS = HERE / "results" / "nerf_tiny_variants.json"
-VARIANTS = ("box_torch", "box_glorot", "world_glorot", "world_glorot_hull")
+VARIANTS = ("box_torch", "box_glorot", "world_glorot", "world_glorot_hull", "world_glorot_hull_rays")
 
 
 def variant_config(name: str, seed: int):
@@ -45,7 +47,8 @@ def variant_config(name: str, seed: int):
     world = name.startswith("world")
     field = cfg.field.replace(position_encoding=FrequencyEncodingConfig(n_frequencies=6, pi_scale=not world),
                               positions="world" if world else "box", init="torch" if "torch" in name else "glorot")
-    return cfg.replace(field=field, box="silhouette" if name.endswith("hull") else "dataset")
+    box = "hull" if name.endswith("hull_rays") else "silhouette" if name.endswith("hull") else "dataset"
+    return cfg.replace(field=field, box=box)
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from fieldcraft.data.cameras import Cameras, project
 from fieldcraft.data.scene import load_posed_images
 from fieldcraft.errors import FieldcraftError
+from fieldcraft.io.checkpoint import load_checkpoint
 from fieldcraft.render.compositing import (
     accumulate,
     apply_background,
@@ -26,7 +28,7 @@ from fieldcraft.render.compositing import (
     transmittance_from_alphas,
     weights_from_densities,
 )
-from fieldcraft.render.occupancy_grid import OccupancyGrid, march, termination_mask
+from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
 from fieldcraft.render.rays import camera_rays, ndc_rays, pixel_centres, ray_aabb
 from fieldcraft.render.samplers import sample_pdf, stratified_edges
 
@@ -301,10 +303,14 @@ def test_two_step_smoke_train_every_preset(preset, tmp_path):
     assert meta["config"]["preset"] == preset and meta["step"] == 2
     dataset_box = [[-1.5] * 3, [1.5] * 3]
     assert (meta["aabb"] != dataset_box) == (preset == "tiny")  # tiny samples in the silhouette box
-    # resume continues from step 2, in the same box
+    hull = load_checkpoint(tmp_path / preset)[0].get("model.hull.binary")
+    assert (hull is not None) == (preset == "tiny") and (hull is None or 0 < hull.float().mean() < 1)
+    # resume continues from step 2, in the same box and hull
     summary = nerf.fit(LEGO_MINI, tmp_path / preset, steps=3, resume=True, progress=False)
     assert summary["steps"] == 3
     assert nerf.load_model(tmp_path / preset)[1]["aabb"] == meta["aabb"]
+    if hull is not None:
+        assert torch.equal(load_checkpoint(tmp_path / preset)[0]["model.hull.binary"], hull)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vanilla", "instant"])
@@ -348,10 +354,40 @@ def test_skipping_rays_that_miss_the_box_changes_nothing(preset):
         torch.testing.assert_close(skipped[key], full[key])
 
 
-def test_silhouette_box_holds_the_object():
+def test_occupied_range_covers_every_cell_a_margin_inside_the_grid():
+    """Points of a ray in a cell that has occupied neighbours all round (the hull before it grew by
+    one cell) lie inside the ray's :func:`occupied_range`; rays through no occupied cell get an empty
+    range. Checked densely (4096 points per ray) on random grids and rays."""
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(4):
+        core = torch.rand(16, 16, 16, generator=gen) < 0.02
+        grown = torch.nn.functional.max_pool3d(core[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+        grid = BinaryGrid(torch.tensor([[-1.0, -0.5, -1.0], [1.0, 1.5, 0.5]]), 16)
+        grid.binary.copy_(grown)
+        o = torch.randn(300, 3, generator=gen) * 3
+        d = torch.nn.functional.normalize(torch.randn(300, 3, generator=gen) - o / 3, dim=-1)
+        t_min, t_max = ray_aabb(o, d, grid.aabb)
+        t_min = t_min.clamp(min=0)
+        t_max = torch.maximum(t_max, t_min)
+        step = 0.5 * float((grid.aabb[1] - grid.aabb[0]).min()) / 16
+        lo, hi = occupied_range(grid, o, d, t_min, t_max, step, chunk=64)
+        assert bool(((lo >= t_min) & (hi <= t_max) & (hi >= lo)).all())
+        t = t_min[:, None] + (t_max - t_min)[:, None] * (torch.arange(4096) + 0.5) / 4096
+        pts = o[:, None] + t[..., None] * d[:, None]
+        core_grid = BinaryGrid(grid.aabb, 16)
+        core_grid.binary.copy_(core)
+        in_core = core_grid.occupied(pts.reshape(-1, 3)).reshape(300, 4096)
+        in_grid = grid.occupied(pts.reshape(-1, 3)).reshape(300, 4096)
+        assert bool((~in_core | ((t >= lo[:, None]) & (t <= hi[:, None]))).all()), trial
+        assert bool((hi > lo)[in_core.any(1)].all()) and bool((hi == lo)[~in_grid.any(1)].all())
+        assert 0 < int(in_core.any(1).sum()) < 300
+
+
+def test_silhouette_box_and_hull_hold_the_object():
     """The box around the training views' visual hull (lego_100) is far smaller than the dataset's
-    [-1.5, 1.5]^3, and every test-view ray through a pixel the object covers still crosses it."""
-    from fieldcraft.data.bounds import silhouette_aabb
+    [-1.5, 1.5]^3, and every test-view ray through a pixel the object covers still crosses it; so
+    does every such ray's range through the (carved) hull, which is shorter still."""
+    from fieldcraft.data.bounds import silhouette_aabb, visual_hull
     from fieldcraft.tasks import nerf
 
     lego = Path(SHARED_DATA) / "nerf" / "lego_100"
@@ -361,10 +397,19 @@ def test_silhouette_box_holds_the_object():
     assert 0.15 < volume < 0.5
     test = load_posed_images(lego, "test", max_images=40)
     test.aabb = box
+    model = nerf.NerfModel(nerf.nerf_config("tiny", hull_resolution=64), box, False)
+    model.hull.binary.copy_(visual_hull(dataclasses.replace(train, aabb=box), 64, grow=1))
+    box_len = hull_len = 0.0
     for k in range(len(test)):
         rays = nerf.image_rays(test, k)
+        clipped = model.clip_rays(rays)
         covered = test.images[k, ..., 3].reshape(-1) > 0.01
         assert bool((rays.t_max > rays.t_min)[covered].all()), test.names[k]
+        assert bool((clipped.t_max > clipped.t_min)[covered].all()), test.names[k]
+        assert bool(((clipped.t_min >= rays.t_min) & (clipped.t_max <= rays.t_max)).all())
+        box_len += float((rays.t_max - rays.t_min).sum())
+        hull_len += float((clipped.t_max - clipped.t_min).sum())
+    assert hull_len < 0.7 * box_len  # measured: 0.35
     with pytest.raises(FieldcraftError, match="RGBA"):
         silhouette_aabb(load_posed_images(Path(SHARED_DATA) / "nerf" / "fern_llff", "train", max_images=2))
 
@@ -467,3 +512,36 @@ def test_spherical_harmonics_orthonormal():
     y = enc(d * 3.0)  # scale is ignored: directions are normalised
     gram = 4 * math.pi * (y.T @ y) / n
     assert y.shape == (n, 16) and torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=2e-3)
+
+
+def test_weight_average_follows_its_definition_and_survives_resume(tmp_path):
+    """``ema_decay``: after every step ``ema <- d * ema + (1 - d) * w`` with ``d = min(decay, (1 + step) /
+    (10 + step))`` (checked against the weights recorded step by step); the checkpoint keeps it,
+    ``load_model`` uses it (or the last weights on request) and a resumed run continues it."""
+    from fieldcraft.tasks import nerf
+
+    cfg = nerf.nerf_config("tiny", rays=32, full_image=False, n_samples=8, bf16=False, ema_decay=0.5, box="dataset")
+    data = load_posed_images(LEGO_MINI, "train", max_images=2)
+    trainer = nerf.NerfTrainer(cfg, data, str(LEGO_MINI), 3, None)
+    expected = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    for step in range(3):
+        trainer.step(step)
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = {n: d * expected[n] + (1 - d) * p.detach() for n, p in trainer.model.named_parameters()}
+    for n, t in trainer.ema.items():
+        torch.testing.assert_close(t, expected[n])
+
+    out = tmp_path / "ema"
+    nerf.fit(LEGO_MINI, out, steps=2, config=cfg, progress=False, max_images=2)
+    tensors, _ = load_checkpoint(out)
+    averaged, _ = nerf.load_model(out)
+    last, _ = nerf.load_model(out, averaged=False)
+    name, _ = next(iter(averaged.named_parameters()))
+    torch.testing.assert_close(dict(averaged.named_parameters())[name].detach(), tensors[f"ema.{name}"])
+    torch.testing.assert_close(dict(last.named_parameters())[name].detach(), tensors[f"model.{name}"])
+    assert not torch.equal(tensors[f"ema.{name}"], tensors[f"model.{name}"])
+    # resuming restores the average: one more step moves it from the saved one, not from the weights
+    nerf.fit(LEGO_MINI, out, steps=3, resume=True, progress=False, max_images=2)
+    resumed = load_checkpoint(out)[0]
+    d = min(0.5, (1 + 2) / (10 + 2))  # the third step is step 2
+    torch.testing.assert_close(resumed[f"ema.{name}"], d * tensors[f"ema.{name}"] + (1 - d) * resumed[f"model.{name}"])

@@ -37,6 +37,8 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--data", default=None, help="dataset directory (default: the one fitted)")
     e.add_argument("--limit", type=int, default=None, help="only the first N views")
+    e.add_argument("--last-weights", action="store_true",
+                   help="evaluate the last step's weights, not their running average (runs with ema_decay > 0)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_eval)
 
@@ -73,9 +75,10 @@ def _fit(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fieldcraft.tasks import nerf
 
-    m = nerf.evaluate(args.directory, args.split, data_path=args.data, max_images=args.limit, progress=not args.quiet)
+    m = nerf.evaluate(args.directory, args.split, data_path=args.data, max_images=args.limit, progress=not args.quiet,
+                      averaged=not args.last_weights)
     print(f"{args.split}: {m['views']} views, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} "
-          f"-> {Path(args.directory) / 'eval' / args.split}")
+          f"-> {m['directory']}")
     return 0
 
 

@@ -10,7 +10,7 @@ so that a stratified sampler spends its samples where the object can be (NeRF-sy
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from fieldcraft.data.cameras import project
@@ -18,23 +18,14 @@ from fieldcraft.data.scene import PosedImages
 from fieldcraft.errors import FieldcraftError
 
 
-def silhouette_aabb(data: PosedImages, resolution: int = 96, dilate: int = 2, pad: float = 0.05) -> Float[Tensor, "2 3"]:
-    """Box (min, max) around the visual hull of ``data``'s alpha masks, within ``data.aabb``.
-
-    - ``resolution``: voxel centres per axis of ``data.aabb`` tested against every view.
-    - ``dilate``: grow each mask by this many pixels first (soft, antialiased edges).
-    - ``pad``: add this fraction of the hull's extent (plus one voxel) on every side.
+def visual_hull(data: PosedImages, resolution: int = 96, dilate: int = 2, grow: int = 0) -> Bool[Tensor, "R R R"]:
+    """The visual hull of ``data``'s alpha masks on a ``resolution^3`` grid of cells over ``data.aabb``
+    (x-major, as :class:`fieldcraft.render.occupancy_grid.BinaryGrid`): a cell is kept when its centre
+    projects onto a pixel with ``alpha > 0`` (after growing each mask by ``dilate`` pixels) in every
+    view that sees it; then the kept cells grow by ``grow`` cells (a conservative margin).
 
     Views that do not see a point (outside the image or behind the camera) do not rule it out.
     Raises :class:`FieldcraftError` without an alpha channel or if the hull is empty.
-
-    >>> from fieldcraft.data.cameras import Cameras
-    >>> c2w = torch.tensor([[[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 6]]])  # at z = 6, looking down -z
-    >>> img = torch.zeros(1, 64, 64, 4); img[:, 28:36, 28:36, 3] = 1    # an opaque square in the middle
-    >>> d = PosedImages(img, Cameras.from_fov(c2w, 1.0, 64, 64), ["a"], 2.0, 9.0, torch.tensor([[-1.5] * 3, [1.5] * 3]))
-    >>> box = silhouette_aabb(d)             # x, y shrink to the square's cone; z (along the view) cannot
-    >>> bool((box[1, :2] < 1.0).all() and (box[0, :2] > -1.0).all()), box[:, 2].tolist()
-    (True, [-1.5, 1.5])
     """
     if data.images.shape[-1] != 4:
         raise FieldcraftError(f"{data.source or 'images'}: silhouette bounds need RGBA images (alpha masks), got {data.images.shape[-1]} channels")
@@ -56,8 +47,34 @@ def silhouette_aabb(data: PosedImages, resolution: int = 96, dilate: int = 2, pa
         keep &= inside | ~seen
     if not keep.any():
         raise FieldcraftError(f"{data.source or 'images'}: the alpha masks leave no point of the scene box (empty visual hull)")
-    hull = pts[keep]
+    hull = keep.reshape(resolution, resolution, resolution)
+    if grow > 0:
+        hull = torch.nn.functional.max_pool3d(hull[None, None].float(), 2 * grow + 1, stride=1, padding=grow)[0, 0] > 0
+    return hull
+
+
+def silhouette_aabb(data: PosedImages, resolution: int = 96, dilate: int = 2, pad: float = 0.05) -> Float[Tensor, "2 3"]:
+    """Box (min, max) around the visual hull of ``data``'s alpha masks, within ``data.aabb``.
+
+    - ``resolution``: voxel centres per axis of ``data.aabb`` tested against every view.
+    - ``dilate``: grow each mask by this many pixels first (soft, antialiased edges).
+    - ``pad``: add this fraction of the hull's extent (plus one voxel) on every side.
+
+    Views that do not see a point (outside the image or behind the camera) do not rule it out.
+    Raises :class:`FieldcraftError` without an alpha channel or if the hull is empty.
+
+    >>> from fieldcraft.data.cameras import Cameras
+    >>> c2w = torch.tensor([[[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 6]]])  # at z = 6, looking down -z
+    >>> img = torch.zeros(1, 64, 64, 4); img[:, 28:36, 28:36, 3] = 1    # an opaque square in the middle
+    >>> d = PosedImages(img, Cameras.from_fov(c2w, 1.0, 64, 64), ["a"], 2.0, 9.0, torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    >>> box = silhouette_aabb(d)             # x, y shrink to the square's cone; z (along the view) cannot
+    >>> bool((box[1, :2] < 1.0).all() and (box[0, :2] > -1.0).all()), box[:, 2].tolist()
+    (True, [-1.5, 1.5])
+    """
+    hull = visual_hull(data, resolution, dilate)
+    lo, hi = data.aabb[0].float(), data.aabb[1].float()
     voxel = (hi - lo) / resolution
-    a, b = hull.min(0).values, hull.max(0).values
+    ijk = hull.nonzero().float()
+    a, b = lo + (ijk.min(0).values + 0.5) * voxel, lo + (ijk.max(0).values + 0.5) * voxel
     margin = pad * (b - a) + voxel
     return torch.stack([torch.maximum(a - margin, lo), torch.minimum(b + margin, hi)])

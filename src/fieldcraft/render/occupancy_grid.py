@@ -25,15 +25,15 @@ from torch import Tensor, nn
 from fieldcraft.render.compositing import alphas_from_densities, exclusive_cumsum
 
 
-class OccupancyGrid(nn.Module):
-    """State of the estimator: ``density`` (``[R, R, R]`` occupancy estimates, x-major) and
-    ``binary`` (occupied cells), as buffers (saved with checkpoints)."""
+class BinaryGrid(nn.Module):
+    """Occupied cells of a ``R^3`` grid over a box: ``aabb`` ([2, 3]) and ``binary`` (``[R, R, R]``,
+    x-major), as buffers (saved with checkpoints). Cell ``(i, j, k)`` spans
+    ``aabb[0] + [i, i + 1] * (aabb[1] - aabb[0]) / R`` along x, and so on."""
 
     def __init__(self, aabb: Float[Tensor, "2 3"], resolution: int = 64) -> None:
         super().__init__()
         self.resolution = int(resolution)
         self.register_buffer("aabb", aabb.clone().float())
-        self.register_buffer("density", torch.zeros(resolution, resolution, resolution))
         self.register_buffer("binary", torch.ones(resolution, resolution, resolution, dtype=torch.bool))
 
     def cell_centres(self, cells: Int[Tensor, " m"], jitter: bool = True) -> Float[Tensor, "m 3"]:
@@ -43,6 +43,25 @@ class OccupancyGrid(nn.Module):
         off = torch.rand_like(ijk) if jitter else torch.full_like(ijk, 0.5)
         lo, hi = self.aabb[0], self.aabb[1]
         return lo + (ijk + off) / r * (hi - lo)
+
+    def occupied(self, points: Float[Tensor, "m 3"]) -> Bool[Tensor, " m"]:
+        """Whether points fall in occupied cells (points outside the box are empty)."""
+        r = self.resolution
+        lo, hi = self.aabb[0], self.aabb[1]
+        u = (points - lo) / (hi - lo)
+        inside = ((u >= 0) & (u < 1)).all(-1)
+        ijk = (u * r).long().clamp(0, r - 1)
+        idx = (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
+        return inside & self.binary.view(-1)[idx]
+
+
+class OccupancyGrid(BinaryGrid):
+    """State of the estimator: a :class:`BinaryGrid` plus ``density`` (``[R, R, R]`` occupancy
+    estimates, a buffer) from which :meth:`update` derives ``binary``."""
+
+    def __init__(self, aabb: Float[Tensor, "2 3"], resolution: int = 64) -> None:
+        super().__init__(aabb, resolution)
+        self.register_buffer("density", torch.zeros(resolution, resolution, resolution))
 
     @torch.no_grad()
     def update(self, step: int, density_fn: Callable[[Tensor], Tensor], step_size: float, decay: float = 0.95,
@@ -65,18 +84,8 @@ class OccupancyGrid(nn.Module):
         thre = min(float(flat.mean()), threshold)
         self.binary.copy_(self.density > thre)
 
-    def occupied(self, points: Float[Tensor, "m 3"]) -> Bool[Tensor, " m"]:
-        """Whether points fall in occupied cells (points outside the box are empty)."""
-        r = self.resolution
-        lo, hi = self.aabb[0], self.aabb[1]
-        u = (points - lo) / (hi - lo)
-        inside = ((u >= 0) & (u < 1)).all(-1)
-        ijk = (u * r).long().clamp(0, r - 1)
-        idx = (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
-        return inside & self.binary.view(-1)[idx]
 
-
-def march(grid: OccupancyGrid | None, origins: Float[Tensor, "r 3"], dirs: Float[Tensor, "r 3"],
+def march(grid: BinaryGrid | None, origins: Float[Tensor, "r 3"], dirs: Float[Tensor, "r 3"],
           t_min: Float[Tensor, " r"], t_max: Float[Tensor, " r"], step_size: float, jitter: bool = False,
           max_steps: int | None = None) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Fixed-step intervals ``[t_min + k s, t_min + (k + 1) s]`` (shifted by one random offset per ray when
@@ -108,6 +117,36 @@ def march(grid: OccupancyGrid | None, origins: Float[Tensor, "r 3"], dirs: Float
         occ = grid.occupied(pts)
         ray_idx, t_starts = ray_idx[occ], t_starts[occ]
     return ray_idx, t_starts, t_starts + step_size
+
+
+
+def occupied_range(grid: BinaryGrid, origins: Float[Tensor, "r 3"], dirs: Float[Tensor, "r 3"], t_min: Float[Tensor, " r"],
+                   t_max: Float[Tensor, " r"], step_size: float, chunk: int = 8192) -> tuple[Float[Tensor, " r"], Float[Tensor, " r"]]:
+    """Each ray's range narrowed to the stretch from its first to its last occupied interval of
+    :func:`march` (step ``step_size``), widened by one step on each side and kept within
+    ``[t_min, t_max]``. Rays that cross no occupied cell get an empty range (``t_min == t_max``).
+
+    >>> g = BinaryGrid(torch.tensor([[0.0] * 3, [1.0] * 3]), 4)
+    >>> _ = g.binary.zero_(); g.binary[2, 1, 1] = True      # the cell x in [0.5, 0.75]
+    >>> o, d = torch.tensor([[-1.0, 0.3, 0.3], [-1.0, 0.9, 0.9]]), torch.tensor([[1.0, 0, 0]] * 2)
+    >>> lo, hi = occupied_range(g, o, d, torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), 0.125)
+    >>> lo.tolist(), hi.tolist()                           # t = 1.5 .. 1.75, one step wider; a miss
+    ([1.375, 1.0], [1.875, 1.0])
+    """
+    lo, hi = t_min.clone(), t_min.clone()
+    for s in range(0, len(t_min), chunk):
+        sl = slice(s, s + chunk)
+        ri, t0, t1 = march(grid, origins[sl], dirs[sl], t_min[sl], t_max[sl], step_size)
+        if len(ri) == 0:
+            continue
+        first = torch.full_like(t_min[sl], math.inf).scatter_reduce(0, ri, t0, reduce="amin")
+        last = torch.full_like(t_min[sl], -math.inf).scatter_reduce(0, ri, t1, reduce="amax")
+        hit = torch.isfinite(first)
+        a = torch.maximum(first - step_size, t_min[sl])
+        b = torch.minimum(last + step_size, t_max[sl])
+        lo[sl] = torch.where(hit, a, t_min[sl])
+        hi[sl] = torch.where(hit, b, t_min[sl])
+    return lo, hi
 
 
 def termination_mask(sigmas: Float[Tensor, " n"], t_starts: Float[Tensor, " n"], t_ends: Float[Tensor, " n"],

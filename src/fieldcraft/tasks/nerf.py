@@ -10,27 +10,32 @@ Presets (:data:`PRESETS`, :func:`nerf_config`):
 |---|---|---|---|---|
 | ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..512) -> 64 -> 16 feats; SH deg 4 -> 64x2 -> rgb | occupancy grid 64^3, 256 steps across the box diagonal, early termination | ~2^14 samples (rays adapt) | Instant-NGP / nerfacc |
 | ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb | 64 stratified (coarse) + 128 importance (fine field) | 1024 rays | NeRF paper |
-| ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified in the silhouette box | one full image | tiny-NeRF notebook |
+| ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified over the ray's stretch through the visual hull | one full image | tiny-NeRF notebook |
 
 ``tiny`` keeps the notebook's network (8x256 ReLU, skip at 5, one output layer to rgb + density,
 Glorot-uniform weights and zero biases as Keras initialises them), its encoding (world
 coordinates as they are, ``(x, sin(2^k x), cos(2^k x))`` for k < 6), its 64 jittered samples per
-ray, one full training image per step and Adam from 5e-4. It departs from it in four places:
+ray, one full training image per step and Adam from 5e-4. It departs from it in five places:
 
 1. Density is ``softplus(raw - 1)`` (Mip-NeRF) instead of ``relu(raw)``. On a white background
    a ReLU density is pushed below zero everywhere within a few full-image steps (an empty scene
    renders the white background, the majority of every image) and, with zero gradient, never
    recovers. Measured on lego_100: ReLU stays at the all-white PSNR after 25 steps, softplus learns.
-2. The 64 samples span the ray's intersection with a box (within ``[near, far]``), not all of
-   ``[2, 6]``: the box around the visual hull of the training views' alpha masks
-   (``box="silhouette"``, :func:`fieldcraft.data.bounds.silhouette_aabb`; lego: 30 % of the
-   ``[-1.5, 1.5]^3`` scene box). The same sample count, about twice as dense where the object
-   can be (mean length sampled per ray 1.38 instead of 2.86 on lego_100); 20 % of the rays miss
-   the box, render the background and cost nothing.
+2. The 64 samples span the ray's stretch through the visual hull of the training views' alpha
+   masks (within ``[near, far]``), not all of ``[2, 6]``: ``box="hull"`` takes the box around
+   the hull (:func:`fieldcraft.data.bounds.silhouette_aabb`; lego: 30 % of the ``[-1.5, 1.5]^3``
+   scene box) and carves the hull on 128^3 cells of it (:func:`fieldcraft.data.bounds.visual_hull`,
+   masks grown by one pixel, the hull by one cell); each ray samples from its first to its last hull cell
+   (:meth:`NerfModel.clip_rays`). The same sample count, denser where the object can be (lego_100
+   training rays: mean sampled length 0.78 instead of 2.86 for the dataset box and 1.38 for the
+   hull's box); 62 % of the rays miss the hull, render the background and cost nothing.
 3. The MLP runs under bfloat16 autocast (compositing in float32): 1.8x faster on this CPU.
 4. The learning rate decays exponentially from 5e-4 to 5e-5 over the run (the NeRF paper's
    schedule shape) instead of staying constant: with a constant rate the test PSNR stopped
    improving after ~650 of 1000 steps (21.36 dB at step 663, 21.30 dB at 1000).
+5. Evaluation and rendering use a running average of the weights (``ema_decay=0.95``, about the
+   last 20 steps) rather than the last step's, which were fitted to the last few images. lego_100,
+   1000 steps, 200 test views, one run: 22.76 dB averaged, 22.51 dB with the last weights.
 
 Backgrounds: RGBA images are composited on the chosen background, and the renderer adds
 ``(1 - opacity) * background`` (``white``, ``black``, or ``random``: a random colour per ray
@@ -55,21 +60,21 @@ import torch
 from torch import Tensor, nn
 
 from fieldcraft.config import Config
-from fieldcraft.data.bounds import silhouette_aabb
+from fieldcraft.data.bounds import silhouette_aabb, visual_hull
 from fieldcraft.data.cameras import Cameras
 from fieldcraft.data.scene import PosedImages, composite, load_posed_images
 from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig, SphericalHarmonicsConfig
 from fieldcraft.errors import FieldcraftError, check
 from fieldcraft.fields.radiance import RadianceField, RadianceFieldConfig
 from fieldcraft.render.compositing import accumulate, apply_background, weights_from_densities
-from fieldcraft.render.occupancy_grid import OccupancyGrid, march, termination_mask
+from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
 from fieldcraft.render.rays import camera_rays, ndc_rays, pixel_centres, ray_aabb
 from fieldcraft.render.samplers import interval_points, merge_edges, sample_pdf, stratified_edges
 
 PRESETS = ("instant", "vanilla", "tiny")
 DEFAULT_PRESET = "instant"
 BACKGROUNDS = ("white", "black", "random")
-BOXES = ("dataset", "silhouette")
+BOXES = ("dataset", "silhouette", "hull")
 TASK = "nerf"
 
 
@@ -101,9 +106,18 @@ class NerfConfig(Config):
     - ``bf16``: evaluate the field's MLPs under bfloat16 autocast (CPU); compositing stays float32.
       About 1.8x faster for the 8x256 MLPs of ``vanilla`` / ``tiny`` on CPUs with AVX512-BF16.
     - ``box``: the box the field lives in and rays are clipped to: ``dataset`` (the reader's scene
-      box) or ``silhouette`` (the box around the training views' visual hull,
-      :func:`fieldcraft.data.bounds.silhouette_aabb`; RGBA images, else a warning and the dataset
-      box; forward-facing NDC scenes keep theirs). Saved in the checkpoint.
+      box), ``silhouette`` (the box around the training views' visual hull,
+      :func:`fieldcraft.data.bounds.silhouette_aabb`) or ``hull`` (that box, and each ray's range
+      narrowed further to its stretch through the visual hull itself, carved on
+      ``hull_resolution^3`` cells of that box and grown by one cell; :meth:`NerfModel.clip_rays`).
+      The last two need RGBA images (else a warning and the dataset box); forward-facing NDC
+      scenes keep their box. Box and hull are saved in the checkpoint.
+    - ``hull_resolution``: cells per axis of the ``hull`` grid; ``hull_dilate``: pixels each alpha
+      mask grows by before carving it (antialiased edges; lego_100 with 1: no pixel with alpha > 0
+      of the 200 test or 100 val views has a ray that misses the hull; with 0: 27 faint ones do).
+    - ``ema_decay``: also keep an exponential moving average of the weights (Polyak averaging,
+      ``ema <- d * ema + (1 - d) * w`` after every step, ``d = min(ema_decay, (1 + step) / (10 + step))``),
+      saved in the checkpoint and used by evaluation and rendering (0: off).
     - ``seed``: seeds weights, batches and jitter.
     """
 
@@ -132,6 +146,9 @@ class NerfConfig(Config):
     background: str = "white"
     bf16: bool = False
     box: str = "dataset"
+    hull_resolution: int = 128
+    hull_dilate: int = 2
+    ema_decay: float = 0.0
     seed: int = 0
 
 
@@ -159,7 +176,7 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
             density_activation="softplus", density_bias=-1.0)
         cfg = NerfConfig(preset=preset, field=field, sampler="stratified", n_samples=64, full_image=True,
                          micro_batch_rays=512, lr=5e-4, schedule="exp", background="white", bf16=True,
-                         box="silhouette")
+                         box="hull", hull_dilate=1, ema_decay=0.95)
     else:
         raise FieldcraftError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if ndc and preset == "instant":
@@ -224,8 +241,18 @@ class NerfModel(nn.Module):
         self.field = config.field.build(aabb)
         self.fine = config.fine_field.build(aabb) if config.fine_field is not None and config.n_importance > 0 else None
         self.grid = OccupancyGrid(aabb, config.grid_resolution) if config.sampler == "occupancy" else None
+        self.hull = BinaryGrid(aabb, config.hull_resolution) if config.box == "hull" and not ndc else None
         diag = float((aabb[1] - aabb[0]).norm())
         self.step_size = (1.0 if ndc else diag) / config.render_steps
+
+    def clip_rays(self, rays: Rays) -> Rays:
+        """``rays`` with each range narrowed to its stretch through the visual hull (``box="hull"``;
+        rays that miss it get an empty range); unchanged for other models."""
+        if self.hull is None:
+            return rays
+        step = 0.5 * float((self.hull.aabb[1] - self.hull.aabb[0]).min()) / self.hull.resolution
+        t_min, t_max = occupied_range(self.hull, rays.origins, rays.dirs, rays.t_min, rays.t_max, step)
+        return Rays(rays.origins, rays.dirs, rays.viewdirs, t_min, t_max)
 
     def update_grid(self, step: int) -> None:
         c = self.config
@@ -345,18 +372,22 @@ class NerfTrainer:
     """Training state: model, optimiser, the training rays and pixels, the batch size, the clock."""
 
     def __init__(self, config: NerfConfig, data: PosedImages, data_path: str, budget_steps: int | None,
-                 budget_seconds: float | None) -> None:
+                 budget_seconds: float | None, hull: Tensor | None = None) -> None:
         self.config, self.data, self.data_path = config, data, data_path
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.model = NerfModel(config, data.aabb, data.ndc)
+        if hull is not None and self.model.hull is not None:
+            self.model.hull.binary.copy_(hull)
         self.optimizer = build_optimizer(self.model, config.lr)
+        self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()} if config.ema_decay > 0 else None
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.budget_steps, self.budget_seconds = budget_steps, budget_seconds
         n, h, w = len(data), data.height, data.width
         u, v = pixel_centres(h, w)
         cam = torch.arange(n).repeat_interleave(h * w)
-        self.rays = make_rays(data.cameras, cam, u.repeat(n), v.repeat(n), data.near, data.far, data.aabb, data.ndc)
+        self.rays = self.model.clip_rays(make_rays(data.cameras, cam, u.repeat(n), v.repeat(n), data.near, data.far,
+                                                   data.aabb, data.ndc))
         self.pixels = data.images.reshape(n * h * w, -1)
         self.n_rays = config.rays
         self.fit_seconds = 0.0
@@ -423,6 +454,10 @@ class NerfTrainer:
             loss_sum += float(loss.detach())
             samples += int(out["samples"])
         self.optimizer.step()
+        if self.ema is not None:
+            d = min(c.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in self.model.parameters()], 1 - d)
         if c.target_samples > 0 and not c.full_image:
             ratio = c.target_samples / max(samples, 1)
             self.n_rays = int(min(max(self.n_rays * min(max(ratio, 0.5), 1.5), 256), c.max_rays))
@@ -456,6 +491,8 @@ class NerfTrainer:
         tensors = module_tensors(self.model, "model")
         opt_t, opt_meta = optimizer_state(self.optimizer)
         tensors.update(opt_t)
+        if self.ema is not None:
+            tensors.update({f"ema.{n}": t for n, t in self.ema.items()})
         meta = {"task": TASK, "config": self.config.to_dict(), "data": self.data_path, "ndc": self.data.ndc,
                 "aabb": self.data.aabb.tolist(), "near": self.data.near, "far": self.data.far,
                 "step": step, "seconds": seconds, "n_rays": self.n_rays, "rays_seen": self.rays_seen, "optimizer": opt_meta,
@@ -469,6 +506,8 @@ class NerfTrainer:
 
         load_module_tensors(self.model, tensors, "model")
         load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
+        if self.ema is not None:
+            self.ema = {n: tensors[f"ema.{n}"].clone() if f"ema.{n}" in tensors else t for n, t in self.ema.items()}
         self.n_rays = int(meta.get("n_rays", self.n_rays))
         self.fit_seconds = float(meta.get("seconds", 0.0))
         self.rays_seen = int(meta.get("rays_seen", 0))
@@ -497,14 +536,18 @@ def fit(data_path: str | Path, out_dir: str | Path, preset: str = DEFAULT_PRESET
     elif config is None:
         config = nerf_config(preset, background, ndc=data.ndc, seed=seed)
     check(config.box in BOXES, f"unknown box {config.box!r} (use {'|'.join(BOXES)})")
+    hull = None
     if meta is not None:
         data = dataclasses.replace(data, aabb=torch.tensor(meta["aabb"]))
-    elif config.box == "silhouette" and not data.ndc:
+        hull = tensors.get("model.hull.binary")
+    elif config.box in ("silhouette", "hull") and not data.ndc:
         if data.images.shape[-1] == 4:
             data = dataclasses.replace(data, aabb=silhouette_aabb(data))
+            if config.box == "hull":
+                hull = visual_hull(data, config.hull_resolution, dilate=config.hull_dilate, grow=1)
         else:
-            warnings.warn(f"{data.source}: no alpha channel for box='silhouette'; using the dataset's scene box", stacklevel=2)
-    trainer = NerfTrainer(config, data, str(Path(data_path).resolve()), steps, seconds)
+            warnings.warn(f"{data.source}: no alpha channel for box={config.box!r}; using the dataset's scene box", stacklevel=2)
+    trainer = NerfTrainer(config, data, str(Path(data_path).resolve()), steps, seconds, hull)
     if tensors is not None:
         trainer.load_state(tensors, meta)
 
@@ -524,8 +567,9 @@ def fit(data_path: str | Path, out_dir: str | Path, preset: str = DEFAULT_PRESET
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def load_model(out_dir: str | Path) -> tuple[NerfModel, dict[str, Any]]:
-    """Rebuild the fitted model from ``out_dir``'s checkpoint."""
+def load_model(out_dir: str | Path, averaged: bool = True) -> tuple[NerfModel, dict[str, Any]]:
+    """Rebuild the fitted model from ``out_dir``'s checkpoint, with the averaged weights when the
+    run kept them (``ema_decay > 0``) and ``averaged``, else the last step's."""
     from fieldcraft.io.checkpoint import load_checkpoint, load_module_tensors
 
     tensors, meta = load_checkpoint(Path(out_dir))
@@ -534,12 +578,17 @@ def load_model(out_dir: str | Path) -> tuple[NerfModel, dict[str, Any]]:
     config = Config.from_dict(meta["config"])
     model = NerfModel(config, torch.tensor(meta["aabb"]), bool(meta["ndc"]))
     load_module_tensors(model, tensors, "model")
+    if averaged and any(k.startswith("ema.") for k in tensors):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(tensors[f"ema.{n}"])
     model.eval()
     return model, meta
 
 
 def fitted_views(meta: dict[str, Any], data_path: str | None, split: str, max_images: int | None = None) -> PosedImages:
-    """A split of the fitted dataset (or of ``data_path``), its rays clipped to the box the field was fitted in."""
+    """A split of the fitted dataset (or of ``data_path``), its rays clipped to the box the field was fitted in
+    (for ``box="hull"`` clip them further with :meth:`NerfModel.clip_rays`)."""
     data = load_posed_images(data_path or meta["data"], split, max_images=max_images)
     return dataclasses.replace(data, aabb=torch.tensor(meta["aabb"], dtype=data.aabb.dtype))
 
@@ -559,23 +608,24 @@ def depth_picture(depth: np.ndarray, opacity: np.ndarray) -> np.ndarray:
 
 
 def evaluate(out_dir: str | Path, split: str = "test", data_path: str | None = None, max_images: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, averaged: bool = True) -> dict[str, Any]:
     """Render every view of ``split`` to ``out_dir/eval/<split>/`` (PNG with the dataset's names, depth maps in
-    ``depth/``) and write ``metrics.json`` (per-view and mean PSNR and SSIM on ``[0, 1]``)."""
+    ``depth/``) and write ``metrics.json`` (per-view and mean PSNR and SSIM on ``[0, 1]``). ``averaged=False``
+    evaluates the last step's weights of a run that kept an average, in ``eval/<split>-last/``."""
     from skimage.metrics import structural_similarity
     from tqdm.auto import tqdm
 
     from fieldcraft.io.checkpoint import atomic_write_bytes
     from fieldcraft.io.images import write_png
 
-    model, meta = load_model(out_dir)
+    model, meta = load_model(out_dir, averaged)
     data = fitted_views(meta, data_path, split, max_images)
     bg = background_colour(model.config.background)
-    dest = Path(out_dir) / "eval" / split
+    dest = Path(out_dir) / "eval" / (split if averaged or model.config.ema_decay <= 0 else f"{split}-last")
     views = []
     t0 = time.perf_counter()
     for k in tqdm(range(len(data)), desc=f"eval {split}", disable=not progress):
-        out = model.render_image(image_rays(data, k), bg[None], data.height, data.width)
+        out = model.render_image(model.clip_rays(image_rays(data, k)), bg[None], data.height, data.width)
         gt = composite(data.images[k], bg).numpy()
         mse = float(np.mean((out["rgb"] - gt) ** 2))
         ssim = float(structural_similarity(out["rgb"], gt, channel_axis=-1, data_range=1.0))
@@ -586,8 +636,9 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | None = N
     seconds = time.perf_counter() - t0
     metrics = {"split": split, "data": str(data.source), "views": len(views), "step": meta["step"],
                "fit_seconds": meta["seconds"], "preset": model.config.preset,
+               "weights": "average" if averaged and model.config.ema_decay > 0 else "last",
                "psnr": float(np.mean([v["psnr"] for v in views])), "ssim": float(np.mean([v["ssim"] for v in views])),
-               "render_seconds_per_view": seconds / max(len(views), 1), "per_view": views}
+               "render_seconds_per_view": seconds / max(len(views), 1), "directory": str(dest), "per_view": views}
     atomic_write_bytes(dest / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics
 
@@ -675,6 +726,6 @@ def render_orbit(out_dir: str | Path, dest: str | Path, frames: int = 60, fps: i
     bg = background_colour(model.config.background)
     images = []
     for k in tqdm(range(frames), desc="render orbit", disable=not progress):
-        out = model.render_image(image_rays(data, k, cams), bg[None], cams.height, cams.width)
+        out = model.render_image(model.clip_rays(image_rays(data, k, cams)), bg[None], cams.height, cams.width)
         images.append(out["rgb"])
     return write_video(Path(dest), images, fps)
