@@ -457,7 +457,8 @@ class NerfTrainer:
         if self.ema is not None:
             d = min(c.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in self.model.parameters()], 1 - d)
+                for n, p in self.model.named_parameters():
+                    self.ema[n].lerp_(p, 1 - d)
         if c.target_samples > 0 and not c.full_image:
             ratio = c.target_samples / max(samples, 1)
             self.n_rays = int(min(max(self.n_rays * min(max(ratio, 0.5), 1.5), 256), c.max_rays))
