@@ -1,10 +1,10 @@
-"""Scene bounds from silhouettes: the box around the visual hull of posed RGBA images.
+"""Scene bounds from silhouettes: the visual hull of posed RGBA images and the box around it.
 
 A point of the scene box that projects onto a transparent pixel of any view (``alpha == 0`` after
 a small dilation) lies outside the object; the points no view rules out form the visual hull,
-which contains the object. :func:`silhouette_aabb` returns the axis-aligned box around it, padded,
-so that a stratified sampler spends its samples where the object can be (NeRF-synthetic lego:
-30 % of the ``[-1.5, 1.5]^3`` box's volume).
+which contains the object. :func:`visual_hull` carves it on a grid of cells (NeRF ``box="hull"``
+samples each ray only over its stretch through it); :func:`silhouette_aabb` returns the
+axis-aligned box around it, padded (NeRF-synthetic lego: 30 % of the ``[-1.5, 1.5]^3`` box's volume).
 """
 
 from __future__ import annotations

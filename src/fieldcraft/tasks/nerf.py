@@ -330,7 +330,9 @@ class NerfModel(nn.Module):
 
     @torch.no_grad()
     def render_image(self, rays: Rays, background: Tensor, height: int, width: int, chunk: int = 8192) -> dict[str, np.ndarray]:
-        """Render ``height * width`` rays in chunks: ``rgb`` [H, W, 3], ``depth`` [H, W], ``opacity`` [H, W]."""
+        """Render ``height * width`` rays in chunks (first narrowed to the hull by :meth:`clip_rays`):
+        ``rgb`` [H, W, 3], ``depth`` [H, W], ``opacity`` [H, W]."""
+        rays = self.clip_rays(rays)
         parts: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "opacity": []}
         if self.config.sampler == "stratified":
             chunk = max(256, (1 << 18) // (self.config.n_samples + self.config.n_importance))
@@ -589,7 +591,7 @@ def load_model(out_dir: str | Path, averaged: bool = True) -> tuple[NerfModel, d
 
 def fitted_views(meta: dict[str, Any], data_path: str | None, split: str, max_images: int | None = None) -> PosedImages:
     """A split of the fitted dataset (or of ``data_path``), its rays clipped to the box the field was fitted in
-    (for ``box="hull"`` clip them further with :meth:`NerfModel.clip_rays`)."""
+    (:meth:`NerfModel.render_image` narrows them further to the hull for ``box="hull"``)."""
     data = load_posed_images(data_path or meta["data"], split, max_images=max_images)
     return dataclasses.replace(data, aabb=torch.tensor(meta["aabb"], dtype=data.aabb.dtype))
 
@@ -626,7 +628,7 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | None = N
     views = []
     t0 = time.perf_counter()
     for k in tqdm(range(len(data)), desc=f"eval {split}", disable=not progress):
-        out = model.render_image(model.clip_rays(image_rays(data, k)), bg[None], data.height, data.width)
+        out = model.render_image(image_rays(data, k), bg[None], data.height, data.width)
         gt = composite(data.images[k], bg).numpy()
         mse = float(np.mean((out["rgb"] - gt) ** 2))
         ssim = float(structural_similarity(out["rgb"], gt, channel_axis=-1, data_range=1.0))
@@ -727,6 +729,6 @@ def render_orbit(out_dir: str | Path, dest: str | Path, frames: int = 60, fps: i
     bg = background_colour(model.config.background)
     images = []
     for k in tqdm(range(frames), desc="render orbit", disable=not progress):
-        out = model.render_image(model.clip_rays(image_rays(data, k, cams)), bg[None], cams.height, cams.width)
+        out = model.render_image(image_rays(data, k, cams), bg[None], cams.height, cams.width)
         images.append(out["rgb"])
     return write_video(Path(dest), images, fps)
