@@ -16,7 +16,7 @@ install: .install.stamp
 	touch $@
 
 demo: install
-	$(FC) fit image sample:camera --size 256 --seconds 20 --out $(OUT)/camera
+	$(FC) fit image sample:camera --size 256 --seconds 20 --out $(OUT)/camera --overwrite
 	$(FC) render image $(OUT)/camera --width 1024 --out $(OUT)/camera/superres_4x.png
 	@echo "demo outputs: $(OUT)/camera (target.png, reconstruction.png, superres_4x.png, psnr_curve.png, metrics.json)"
 

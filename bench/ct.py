@@ -4,7 +4,8 @@ Cases: Shepp-Logan 256 x 256 at 10, 20, 45 views, noiseless and with Poisson noi
 (``--photons``, default 1e4 per bin); tooth (``../shared/data/ct/tooth.h5``, slice 0) at 30
 and 60 of its 181 angles, scored against the FBP of all 181. Prints a table and writes
 ``bench/results/ct.json``. Each field fit gets ``--seconds`` of fitting time (default 60; the
-machine's load changes how many steps that buys, so the JSON records steps too).
+machine's load changes how many steps that buys, so the JSON records steps too). The tooth's
+centre of rotation is estimated from its projections (``fieldcraft.data.ct.rotation_centre``).
 
     OMP_WAIT_POLICY=PASSIVE python bench/ct.py [--seconds 60] [--preset hash] [--only phantom|tooth]
 """
@@ -12,17 +13,20 @@ machine's load changes how many steps that buys, so the JSON records steps too).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from fieldcraft.io.records import write_json
+from fieldcraft.metrics import PSNR_DEFINITION, SSIM_DEFINITION
 from fieldcraft.runtime import configure_cpu_defaults, set_threads
 from fieldcraft.tasks import ct
+from fieldcraft.train import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOTH = ROOT.parent / "shared" / "data" / "ct" / "tooth.h5"
@@ -62,34 +66,32 @@ def main() -> int:
     print(header)
     for case in cases(args.photons, args.only):
         cfg = ct.CTTaskConfig(source=case["source"], size=args.size, views=case["views"], photons=case["photons"],
-                              preset=args.preset, field=ct.ct_field_config(args.preset, args.size),
-                              lr=ct.PRESET_LR[args.preset])
+                              preset=args.preset, field=ct.ct_field_config(args.preset, args.size))
         t0 = time.perf_counter()
-        out_dir = Path(args.keep) / case["name"].replace(" ", "_").replace(",", "").replace("/", "of") if args.keep \
-            else Path("/tmp") / "fieldcraft_bench_ct"
-        result = ct.fit(cfg, out_dir, seconds=args.seconds, progress=False, write_outputs=bool(args.keep))
-        m = result.metrics
+        name = case["name"].replace(" ", "_").replace(",", "").replace("/", "of")
+        out_dir = Path(args.keep) / name if args.keep else Path(tempfile.gettempdir()) / "fieldcraft_bench_ct" / name
+        m = ct.fit_ct(cfg, out_dir, Budget(seconds=args.seconds), progress=False, overwrite=True)
+        keys = ("reference", "data_range", "centre_of_rotation", "centre_source", "psnr", "ssim", "steps",
+                "fit_seconds", "fbp_psnr", "fbp_ssim", "fbp_seconds", "sart_psnr", "sart_ssim", "sart_seconds",
+                "sart_iterations", "setup_seconds", "device")
         row = {"case": case["name"], "source": case["source"], "views": case["views"], "photons": case["photons"],
-               "reference": m["reference"], "data_range": m["data_range"],
-               "fbp": m["fbp"], "sart": m["sart"], "field": m["field"], "setup_seconds": m["setup_seconds"],
-               "wall_seconds": time.perf_counter() - t0}
+               **{k: m[k] for k in keys}, "wall_seconds": time.perf_counter() - t0}
         rows.append(row)
-        print(f"{case['name']:34s} {m['fbp']['psnr']:7.2f} {m['sart']['psnr']:8.2f} {m['field']['psnr']:9.2f} "
-              f"{m['fbp']['ssim']:9.3f} {m['sart']['ssim']:9.3f} {m['field']['ssim']:10.3f} "
-              f"{m['field']['steps']:6d} {m['field']['seconds']:6.1f}", flush=True)
+        print(f"{case['name']:34s} {m['fbp_psnr']:7.2f} {m['sart_psnr']:8.2f} {m['psnr']:9.2f} "
+              f"{m['fbp_ssim']:9.3f} {m['sart_ssim']:9.3f} {m['ssim']:10.3f} "
+              f"{m['steps']:6d} {m['fit_seconds']:6.1f}", flush=True)
 
     result = {
-        "benchmark": "ct", "seconds_budget": args.seconds, "size": args.size, "preset": args.preset,
+        "benchmark": "ct", "command": "OMP_WAIT_POLICY=PASSIVE python bench/ct.py " + " ".join(sys.argv[1:]),
+        "seconds_budget": args.seconds, "size": args.size, "preset": args.preset,
         "photons_noisy": args.photons, "torch_threads": torch.get_num_threads(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average_at_end": os.getloadavg()},
-        "metric": "PSNR = 10 log10(data_range^2 / MSE) over the full image (unclipped); SSIM = skimage "
-                  "structural_similarity with the same data_range; phantom: data_range 1; tooth: against the "
-                  "FBP of all 181 angles, data_range = its max - min",
+        "metric": f"psnr: {PSNR_DEFINITION}, over the full image (unclipped); ssim: {SSIM_DEFINITION}; "
+                  "phantom: data range 1; tooth: against the FBP of all 181 angles, data range = its max - min",
         "cases": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

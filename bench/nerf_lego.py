@@ -5,9 +5,10 @@
     python bench/nerf_lego.py                       # every preset x 60, 120, 300, 600 s
 
 Each run fits from scratch (``fieldcraft.tasks.nerf.fit``) into ``--work/<preset>_<budget>``, then
-renders and scores the test split (all 200 views unless ``--test-views``). Results are merged
-into ``bench/results/nerf_lego.json`` (keyed by preset and budget) and printed as a table.
-Timing depends on the machine's load: note it with the figures.
+renders and scores the test split (all 200 views unless ``--test-views``; PSNR and SSIM of
+:mod:`fieldcraft.metrics`). Results are merged into ``bench/results/nerf_lego.json`` (keyed by
+preset and budget: the latest run of each replaces the previous one) and printed as a table.
+Time budgets depend on the machine's load: the 1-minute load average is recorded with each run.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from fieldcraft.data.scene import forward_facing
+    from fieldcraft.io.records import write_json
+    from fieldcraft.metrics import SSIM_DEFINITION
     from fieldcraft.runtime import set_threads
     from fieldcraft.tasks import nerf
+    from fieldcraft.train import Budget
 
     set_threads()
     budgets = [("steps", int(s)) for s in args.steps.split(",")] if args.steps else \
@@ -51,22 +56,24 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{preset}_{kind}{value:g}"
             out = Path(args.work) / key
             t0 = time.time()
-            kw = {"steps": value} if kind == "steps" else {"seconds": value}
-            summary = nerf.fit(args.data, out, preset, seed=args.seed, progress=sys.stderr.isatty(), **kw)
-            m = nerf.evaluate(out, "test", max_images=args.test_views, progress=sys.stderr.isatty())
+            budget = Budget(steps=int(value)) if kind == "steps" else Budget(seconds=value)
+            config = nerf.nerf_config(preset, ndc=forward_facing(args.data), seed=args.seed)
+            summary = nerf.fit(config, args.data, out, budget, overwrite=True, progress=sys.stderr.isatty(),
+                               device="cpu")
+            m = nerf.evaluate(out, "test", max_images=args.test_views, progress=sys.stderr.isatty(), device="cpu")
             load = os.getloadavg()[0]
             if results_path.exists():  # merge with runs other invocations wrote meanwhile
                 results = json.loads(results_path.read_text())
             results["runs"][key] = {
-                "preset": preset, "budget": {kind: value}, "steps": summary["steps"], "fit_seconds": summary["seconds"],
+                "preset": preset, "budget": {kind: value}, "steps": summary["steps"], "fit_seconds": summary["fit_seconds"],
                 "rays_per_second": summary["rays_per_second"], "test_views": m["views"], "test_psnr": m["psnr"],
-                "test_ssim": m["ssim"], "render_seconds_per_view": m["render_seconds_per_view"],
+                "test_ssim": m["ssim"], "ssim_definition": SSIM_DEFINITION,
+                "render_seconds_per_view": m["render_seconds_per_view"],
                 "load_average_1min_at_end": load, "wall_seconds": time.time() - t0,
                 "command": f"python bench/nerf_lego.py --presets {preset} --{'steps' if kind == 'steps' else 'budgets'} {value:g}"
                            + (f" --test-views {args.test_views}" if args.test_views else ""),
             }
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(results, indent=2) + "\n")
+            write_json(results_path, results)
             print(f"{key}: {m['psnr']:.2f} dB", flush=True)
     print(f"\n{'run':<24}{'steps':>8}{'fit s':>8}{'rays/s':>9}{'views':>7}{'PSNR':>8}{'SSIM':>8}{'load':>6}")
     for key, r in sorted(results["runs"].items()):

@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--no-dense", action="store_true", help="skip the (slow) dense extraction")
     ap.add_argument("--command-runs", type=int, default=3, help="timed runs of the export command (0: skip)")
+    ap.add_argument("--device", default=None, help="torch device of the fits (default: cuda when available, else cpu)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fieldcraft_bench_shapes"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shapes.json")
     args = ap.parse_args()
@@ -67,15 +68,18 @@ def main() -> int:
             load = os.getloadavg()[0]
             try:
                 m = fit_shape(src, out, default_task_config(loss), Budget(seconds=args.seconds), progress=False,
-                              resolution=args.resolution, render=loss != "occupancy", evaluate=True)
-            except FieldcraftError as exc:  # e.g. a fit that produced no surface: record and go on
+                              resolution=args.resolution, render=loss != "occupancy", evaluate=True, overwrite=True,
+                              device=args.device)
+                if "mesh_error" in m:  # a fit that produced no surface
+                    raise FieldcraftError(m["mesh_error"])
+            except FieldcraftError as exc:  # record and go on
                 rows.append({"mesh": name, "loss": loss, "load_average": load, "error": str(exc)})
                 print(f"{name:10s} {loss:10s} failed: {exc}", flush=True)
                 continue
             row = {"mesh": name, "loss": loss, "load_average": load, **m,
                    "mise_seconds": m["extraction_seconds"]}
             if not args.no_dense:
-                field, cfg, norm, _ = load_shape_field(out)
+                field, cfg, norm, _ = load_shape_field(out, args.device)
                 vd, fd, sd = extract_mesh(field, cfg.loss, args.resolution, mise=False)
                 vm, fm, _ = extract_mesh(field, cfg.loss, args.resolution, mise=True)
                 save_mesh(out / "dense.ply", norm.inverse(vd), fd, vertex_normals(norm.inverse(vd), fd))

@@ -9,7 +9,6 @@ import torch
 import fieldcraft
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.io import checkpoint as ckpt
-from fieldcraft.train import Budget, run_loop
 from fieldcraft.train.optimizers import build_optimizer, load_optimizer_state, optimizer_state
 
 
@@ -61,22 +60,6 @@ def test_corrupt_or_missing_checkpoint_is_one_line(tmp_path):
     (tmp_path / "checkpoint.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(FieldcraftError, match="unreadable checkpoint"):
         ckpt.load_checkpoint(tmp_path)
-
-
-def test_budget_steps_and_seconds():
-    calls = []
-    steps, seconds, hist = run_loop(lambda i: calls.append(i) or {"loss": 1.0}, Budget(steps=7), progress=False)
-    assert steps == 7 and calls == list(range(7)) and hist.steps[-1] == 7
-    steps, seconds, _ = run_loop(lambda i: {"loss": 1.0}, Budget(steps=10), start_step=4, progress=False)
-    assert steps == 10
-    import time
-
-    steps, seconds, _ = run_loop(lambda i: time.sleep(0.01) or {}, Budget(seconds=0.1), progress=False)
-    assert 0.1 <= seconds < 0.2 and 5 <= steps <= 11
-    with pytest.raises(FieldcraftError):
-        Budget()
-    with pytest.raises(FieldcraftError):
-        Budget(seconds=float("nan"))
 
 
 @pytest.mark.parametrize("encoding", ["hash", "frequency"])

@@ -1,4 +1,8 @@
-"""NeRF: readers, cameras, rendering core, presets, command line."""
+"""NeRF: readers, cameras, rendering core, presets, training on the core, outputs, command line.
+
+Tests needing the shared datasets (lego_100, fern) go through ``conftest.shared_data`` and skip
+on a bare clone; the rest use the vendored ``tests/data/nerf/lego_mini`` (13 train / 2 val / 4
+test views at 100x100)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import shared_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +33,9 @@ from fieldcraft.render.compositing import (
     weights_from_densities,
 )
 from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
-from fieldcraft.render.rays import camera_rays, ndc_rays, pixel_centres, ray_aabb
+from fieldcraft.render.rays import camera_rays, make_rays, ndc_rays, pixel_centres, ray_aabb
 from fieldcraft.render.samplers import sample_pdf, stratified_edges
+from fieldcraft.train import Budget
 
 LEGO_MINI = Path(__file__).parent / "data" / "nerf" / "lego_mini"
 
@@ -261,8 +266,7 @@ def test_nerfstudio_reader(tmp_path):
 
 
 def test_llff_reader():
-    fern = Path(SHARED_DATA) / "nerf" / "fern_llff"
-    assert fern.is_dir(), f"shared data missing: {fern}"
+    fern = shared_data("nerf", "fern_llff")
     test = load_posed_images(fern, "test")
     train = load_posed_images(fern, "train")
     assert len(test) == 3 and len(train) == 17 and test.ndc and test.images.shape[1:] == (378, 504, 3)
@@ -270,6 +274,20 @@ def test_llff_reader():
     c2w = torch.cat([train.cameras.c2w, test.cameras.c2w])
     assert torch.allclose(c2w[:, :, :3].mean(0), torch.eye(3), atol=0.05)
     assert c2w[:, :, 3].mean(0).abs().max() < 1e-4
+
+
+def test_sixteen_bit_pngs_keep_sixteen_bits(tmp_path):
+    """The posed-image reader is fieldcraft's image reader: a 16-bit PNG's codes reach the pixels
+    exactly (code / 65535), not rounded to 8 bits."""
+    from fieldcraft.io.images import encode_png
+
+    root = _blender_copy(tmp_path)
+    codes = np.full((100, 100, 4), 65535, np.uint16)
+    codes[..., 0] = 1000 + np.arange(100, dtype=np.uint16)  # 1000 / 65535 lies between two 8-bit codes
+    (root / "test" / "r_0.png").write_bytes(encode_png(codes))
+    data = load_posed_images(root, "test")
+    np.testing.assert_array_equal(data.images[0, ..., 0].numpy(), codes[..., 0].astype(np.float32) / 65535.0)
+    assert data.images.shape == (4, 100, 100, 4) and data.images.dtype == torch.float32
 
 
 def test_llff_errors(tmp_path):
@@ -290,27 +308,77 @@ def test_llff_errors(tmp_path):
 # ------------------------------------------------------------------------------- presets, training
 
 
+def _small(cfg):
+    """A preset as defined, with small batches so a test step is fast."""
+    return cfg.replace(rays=64, full_image=False, target_samples=4096 if cfg.preset == "instant" else 0)
+
+
 @pytest.mark.parametrize("preset", ["instant", "vanilla", "tiny"])
-def test_two_step_smoke_train_every_preset(preset, tmp_path):
+def test_two_step_smoke_fit_every_preset_with_reference_kernels(preset, tmp_path, monkeypatch):
+    """Every preset fits 2 steps with the PyTorch reference kernels (the path a GPU takes: no numba
+    grid kernel, no numba Adam), writes a checkpoint of task nerf with prefix model, and renders
+    finite pixels; resuming continues in the same box and hull."""
     from fieldcraft.tasks import nerf
 
-    # the presets as defined, with smaller batches so the test stays fast
-    cfg = nerf.nerf_config(preset)
-    cfg = cfg.replace(rays=64, full_image=False, target_samples=0 if preset != "instant" else 4096)
-    summary = nerf.fit(LEGO_MINI, tmp_path / preset, preset, steps=2, config=cfg, progress=False)
-    assert summary["steps"] == 2 and math.isfinite(summary["final_psnr"])
-    _, meta = nerf.load_model(tmp_path / preset)
-    assert meta["config"]["preset"] == preset and meta["step"] == 2
+    monkeypatch.setenv("FIELDCRAFT_KERNELS", "reference")
+    out = tmp_path / preset
+    cfg = _small(nerf.nerf_config(preset, hull_resolution=64))
+    summary = nerf.fit(cfg, LEGO_MINI, out, Budget(steps=2), progress=False, device="cpu")
+    assert summary["steps"] == 2 and math.isfinite(summary["train_psnr"]) and summary["stopped"] is None
+    model, meta = nerf.load_model(out, device="cpu")
+    assert meta["task"] == "nerf" and meta["config"]["preset"] == preset and meta["step"] == 2
+    assert meta["ndc"] is False and meta["near"] == 2.0 and meta["far"] == 6.0 and meta["data"] == str(LEGO_MINI.resolve())
+    tensors = load_checkpoint(out)[0]
+    assert any(k.startswith("model.field.") for k in tensors) and any(k.startswith("optim.") for k in tensors)
     dataset_box = [[-1.5] * 3, [1.5] * 3]
     assert (meta["aabb"] != dataset_box) == (preset == "tiny")  # tiny samples in the silhouette box
-    hull = load_checkpoint(tmp_path / preset)[0].get("model.hull.binary")
+    hull = tensors.get("model.hull.binary")
     assert (hull is not None) == (preset == "tiny") and (hull is None or 0 < hull.float().mean() < 1)
+    data = nerf.fitted_views(meta, None, "val", max_images=1)
+    rays = model.view_rays(data.cameras, 0, data.near, data.far)[::50]
+    with torch.no_grad():
+        rgb = model.render(rays, torch.ones(1, 3))["rgb"]
+    assert rgb.shape == (len(rays), 3) and bool(torch.isfinite(rgb).all())
     # resume continues from step 2, in the same box and hull
-    summary = nerf.fit(LEGO_MINI, tmp_path / preset, steps=3, resume=True, progress=False)
+    summary = nerf.fit(None, LEGO_MINI, out, Budget(steps=3), resume=True, progress=False, device="cpu")
     assert summary["steps"] == 3
-    assert nerf.load_model(tmp_path / preset)[1]["aabb"] == meta["aabb"]
+    assert nerf.load_model(out, device="cpu")[1]["aabb"] == meta["aabb"]
     if hull is not None:
-        assert torch.equal(load_checkpoint(tmp_path / preset)[0]["model.hull.binary"], hull)
+        assert torch.equal(load_checkpoint(out)[0]["model.hull.binary"], hull)
+
+
+@pytest.mark.parametrize("preset", ["instant", "tiny"])
+def test_resume_gives_the_uninterrupted_run(preset, tmp_path, monkeypatch):
+    """A run stopped by SIGINT after step 2 of 4 and resumed ends with the same weights, optimiser
+    state, occupancy grid, weight average and ray count as the 4 steps in one go (same seed and
+    budget: the learning-rate schedule follows the budget): batches, jitter and the adaptive state
+    are restored from the checkpoint."""
+    import signal
+
+    from fieldcraft.tasks import nerf
+
+    cfg = _small(nerf.nerf_config(preset, n_samples=8, bf16=False, ema_decay=0.5, grid_update_every=1,
+                                  grid_resolution=16, hull_resolution=32))
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    nerf.fit(cfg, LEGO_MINI, whole, Budget(steps=4), progress=False, device="cpu", max_images=3)
+    after_step = nerf.PhotometricLoss.after_step
+
+    def interrupted(self, step):
+        after_step(self, step)
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(nerf.PhotometricLoss, "after_step", interrupted)
+    stopped = nerf.fit(cfg, LEGO_MINI, parts, Budget(steps=4), progress=False, device="cpu", max_images=3)
+    assert stopped["stopped"] == "SIGINT" and stopped["steps"] == 2
+    monkeypatch.setattr(nerf.PhotometricLoss, "after_step", after_step)
+    nerf.fit(None, LEGO_MINI, parts, resume=True, progress=False, device="cpu", max_images=3)  # the stored budget
+    (a, meta_a), (b, meta_b) = load_checkpoint(whole), load_checkpoint(parts)
+    assert meta_b["step"] == 4 and meta_a["extra"] == meta_b["extra"]
+    assert set(a) == set(b) and any(k.startswith("extra.ema.") for k in a)
+    for k in a:
+        if not k.startswith("rng."):
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vanilla", "instant"])
@@ -319,10 +387,10 @@ def test_rays_that_miss_the_box_render_the_background(preset):
     from fieldcraft.tasks import nerf
 
     aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
-    cams = Cameras(torch.eye(4)[:3][None] + torch.tensor([[0, 0, 0, 5.0]] * 3)[None] * torch.tensor([0, 0, 1.0])[None, :, None],
-                   torch.tensor([50.0]), torch.tensor([50.0]), torch.tensor([50.0]), torch.tensor([50.0]), 100, 100)
+    c2w = torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 5]]])
+    cams = Cameras(c2w, torch.tensor([50.0]), torch.tensor([50.0]), torch.tensor([50.0]), torch.tensor([50.0]), 100, 100)
     u, v = torch.tensor([50.0, 0.5]), torch.tensor([50.0, 0.5])  # centre ray hits, corner ray misses
-    rays = nerf.make_rays(cams, torch.zeros(2, dtype=torch.long), u, v, 0.1, 100.0, aabb, False)
+    rays = make_rays(cams, torch.zeros(2, dtype=torch.long), u, v, 0.1, 100.0, aabb, False)
     assert rays.t_min[1] == rays.t_max[1] and rays.t_max[0] > rays.t_min[0]
     cfg = nerf.nerf_config(preset, bf16=False)
     dense = dict(density_activation="softplus", density_bias=20.0)
@@ -342,10 +410,11 @@ def test_skipping_rays_that_miss_the_box_changes_nothing(preset):
     from fieldcraft.tasks import nerf
 
     data = load_posed_images(LEGO_MINI, "test", max_images=1)
-    rays = nerf.image_rays(data, 0)[::37]
-    rays.t_max[::3] = rays.t_min[::3]  # a third of them miss
-    cfg = nerf.nerf_config(preset, bf16=False, n_samples=16, n_importance=16 if preset == "vanilla" else 0)
+    cfg = nerf.nerf_config(preset, bf16=False, n_samples=16, n_importance=16 if preset == "vanilla" else 0,
+                           box="dataset")
     model = nerf.NerfModel(cfg, data.aabb, False)
+    rays = model.view_rays(data.cameras, 0, data.near, data.far)[::37]
+    rays.t_max[::3] = rays.t_min[::3]  # a third of them miss
     bg = torch.tensor([[0.2, 0.4, 0.6]])
     with torch.no_grad():
         skipped, full = model.render(rays, bg), model._render_hits(rays, bg, False, None)
@@ -390,18 +459,18 @@ def test_silhouette_box_and_hull_hold_the_object():
     from fieldcraft.data.bounds import silhouette_aabb, visual_hull
     from fieldcraft.tasks import nerf
 
-    lego = Path(SHARED_DATA) / "nerf" / "lego_100"
+    lego = shared_data("nerf", "lego_100")
     train = load_posed_images(lego, "train")
     box = silhouette_aabb(train)
     volume = float((box[1] - box[0]).prod() / (train.aabb[1] - train.aabb[0]).prod())
     assert 0.15 < volume < 0.5
-    test = load_posed_images(lego, "test", max_images=40)
-    test.aabb = box
+    test = load_posed_images(lego, "test", max_images=20)
     model = nerf.NerfModel(nerf.nerf_config("tiny", hull_resolution=64), box, False)
     model.hull.binary.copy_(visual_hull(dataclasses.replace(train, aabb=box), 64, grow=1))
+    u, v = pixel_centres(test.height, test.width)
     box_len = hull_len = 0.0
     for k in range(len(test)):
-        rays = nerf.image_rays(test, k)
+        rays = make_rays(test.cameras, torch.full_like(u, k, dtype=torch.long), u, v, test.near, test.far, box, False)
         clipped = model.clip_rays(rays)
         covered = test.images[k, ..., 3].reshape(-1) > 0.01
         assert bool((rays.t_max > rays.t_min)[covered].all()), test.names[k]
@@ -411,7 +480,7 @@ def test_silhouette_box_and_hull_hold_the_object():
         hull_len += float((clipped.t_max - clipped.t_min).sum())
     assert hull_len < 0.7 * box_len  # measured: 0.35
     with pytest.raises(FieldcraftError, match="RGBA"):
-        silhouette_aabb(load_posed_images(Path(SHARED_DATA) / "nerf" / "fern_llff", "train", max_images=2))
+        silhouette_aabb(load_posed_images(shared_data("nerf", "fern_llff"), "train", max_images=2))
 
 
 def test_radiance_field_world_positions_and_glorot_init():
@@ -435,7 +504,9 @@ def test_radiance_field_world_positions_and_glorot_init():
     assert not torch.allclose(moved(x)[0], world(x)[0])  # a box field normalises; the world field does not
 
     glorot = cfg.replace(init="glorot").build(torch.tensor([[-1.0] * 3, [1.0] * 3]))
-    for lin in [m for m in glorot.modules() if isinstance(m, torch.nn.Linear)]:
+    linears = [m for m in glorot.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4
+    for lin in linears:
         fan_out, fan_in = lin.weight.shape
         bound, top = math.sqrt(6.0 / (fan_in + fan_out)), float(lin.weight.detach().abs().max())
         assert 0.8 * bound < top <= bound
@@ -444,59 +515,120 @@ def test_radiance_field_world_positions_and_glorot_init():
         cfg.replace(position_encoding=HashGridConfig(), positions="world").build(torch.tensor([[-1.0] * 3, [1.0] * 3]))
 
 
+def _tiny_views(box: float | None = None):
+    """Two lego_mini views cut to 13x13 pixels (a small full-image batch), optionally in a smaller box."""
+    data = load_posed_images(LEGO_MINI, "train", max_images=2)
+    data.images = data.images[:, 2::8, 2::8].contiguous()
+    data.cameras = data.cameras.rescaled(13, 13)
+    if box is not None:
+        data.aabb = torch.tensor([[-box] * 3, [box] * 3])
+    return data
+
+
+def _objective(cfg, data):
+    from fieldcraft.tasks import nerf
+
+    torch.manual_seed(cfg.seed)
+    model = nerf.NerfModel(cfg, data.aabb, False)
+    rays, pixels = nerf.training_rays(model, data)
+    return model, nerf.PhotometricLoss(cfg, rays, pixels, data.height * data.width, model)
+
+
 def test_micro_batches_give_the_whole_batch_gradient():
     """Backpropagating a batch in pieces adds up to the gradient of the whole batch (same jitter:
     stratified jitter drawn piece by piece is the same stream as drawn at once)."""
     from fieldcraft.tasks import nerf
 
-    data = load_posed_images(LEGO_MINI, "train", max_images=2)
-    data.images = data.images[:, 2::8, 2::8].contiguous()  # a 13x13 image keeps the full-image batch small
-    data.cameras = data.cameras.rescaled(13, 13)
-    data.aabb = torch.tensor([[-0.7] * 3, [0.7] * 3])  # a box some rays miss: they are left out of every piece
-    rays = nerf.image_rays(data, 0)
-    assert 0 < int((rays.t_max == rays.t_min).sum()) < len(rays)
+    data = _tiny_views(box=0.7)  # a box some rays miss: they are left out of every piece
     grads = []
     for micro in (0, 40):
-        cfg = nerf.nerf_config("tiny", micro_batch_rays=micro, bf16=False, n_samples=16, seed=1)
-        trainer = nerf.NerfTrainer(cfg, data, "lego_mini", 1, None)
+        cfg = nerf.nerf_config("tiny", micro_batch_rays=micro, bf16=False, n_samples=16, seed=1, box="dataset")
+        model, objective = _objective(cfg, data)
+        miss = objective.rays.t_max == objective.rays.t_min
+        assert 0 < int(miss.sum()) < len(miss)
         torch.manual_seed(3)
-        trainer.step(0)
-        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+        loss, scalars = objective.loss(model, 0)
+        assert loss is None and math.isfinite(scalars["loss"]) and scalars["rays"] == 169
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_the_loss_renders_with_the_model_it_is_given():
+    """The training core's warm-up hands the objective a deep copy of the model: the loss must
+    update that copy's occupancy grid and put gradients on that copy only."""
+    import copy
+
+    from fieldcraft.tasks import nerf
+
+    cfg = _small(nerf.nerf_config("instant", grid_resolution=16))
+    model, objective = _objective(cfg, _tiny_views())
+    clone = copy.deepcopy(model)
+    objective.loss(clone, 0)
+    assert clone.grid.density.abs().sum() > 0 and model.grid.density.abs().sum() == 0
+    assert any(p.grad is not None for p in clone.parameters()) and all(p.grad is None for p in model.parameters())
 
 
 def test_instant_learns_lego_mini(tmp_path):
     """A real threshold on real data: 80 instant steps on 13 views beat the best constant image
     (11.5 dB; an all-white guess scores 10.5 dB) by 2.5 dB on the 4 held-out test views."""
+    from fieldcraft.metrics import SSIM_DEFINITION
     from fieldcraft.tasks import nerf
 
     cfg = nerf.nerf_config("instant", target_samples=4096, grid_warmup=16, grid_resolution=32)
-    nerf.fit(LEGO_MINI, tmp_path / "run", steps=80, config=cfg, progress=False)
-    m = nerf.evaluate(tmp_path / "run", "test", progress=False)
+    nerf.fit(cfg, LEGO_MINI, tmp_path / "run", Budget(steps=80), progress=False, device="cpu")
+    m = nerf.evaluate(tmp_path / "run", "test", progress=False, device="cpu")
     assert m["views"] == 4 and m["psnr"] > 14.0, m["psnr"]
     out = tmp_path / "run" / "eval" / "test"
     assert (out / "r_150.png").is_file() and (out / "depth" / "r_150.png").is_file()
-    assert json.loads((out / "metrics.json").read_text())["per_view"][0]["name"] == "r_0.png"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["per_view"][0]["name"] == "r_0.png" and written["ssim_definition"].startswith(SSIM_DEFINITION)
+    assert written["psnr"] == pytest.approx(np.mean([v["psnr"] for v in written["per_view"]]))
 
 
 def test_command_line(tmp_path, capsys):
+    """fit / eval / render on lego_mini with --device cpu; --resume extends the run; a folder that is
+    not a dataset is a one-line error (exit 2)."""
+    import imageio.v3 as iio
+
     from fieldcraft.cli import main
 
     out = tmp_path / "cli"
-    assert main(["fit", "nerf", str(LEGO_MINI), "--out", str(out), "--steps", "3", "--quiet"]) == 0
-    assert (out / "checkpoint.safetensors").is_file()
-    assert main(["eval", "nerf", str(out), "--split", "val", "--quiet"]) == 0
+    fit = ["fit", "nerf", str(LEGO_MINI), "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main([*fit, "--steps", "3"]) == 0
+    assert (out / "checkpoint.safetensors").is_file() and (out / "history.jsonl").is_file()
+    assert main([*fit, "--steps", "3"]) == 2  # a fresh run does not overwrite a checkpoint unasked
+    assert main([*fit, "--steps", "4", "--resume"]) == 0
+    assert load_checkpoint(out)[1]["step"] == 4
+    assert main(["eval", "nerf", str(out), "--split", "val", "--quiet", "--device", "cpu"]) == 0
     metrics = json.loads((out / "eval" / "val" / "metrics.json").read_text())
-    assert metrics["views"] == 2 and all(math.isfinite(v["psnr"]) for v in metrics["per_view"])
-    assert main(["render", "nerf", str(out), "--orbit", "--frames", "3", "--out", str(tmp_path / "orbit.gif"), "--quiet"]) == 0
-    import imageio.v3 as iio
-
-    assert iio.imread(tmp_path / "orbit.gif").shape[0] == 3
+    assert metrics["views"] == 2 and metrics["step"] == 4 and all(math.isfinite(v["psnr"]) for v in metrics["per_view"])
+    assert metrics["device"] == "cpu"
+    video = tmp_path / "orbit.gif"
+    assert main(["render", "nerf", str(out), "--orbit", "--frames", "3", "--out", str(video), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert iio.imread(video).shape[0] == 3
     bad = tmp_path / "bad"
     bad.mkdir()
+    capsys.readouterr()
     assert main(["fit", "nerf", str(bad), "--out", str(tmp_path / "x"), "--steps", "1"]) == 2
     assert "not a NeRF dataset" in capsys.readouterr().err
+
+
+def test_orbit_cameras_circle_the_training_views():
+    """The orbit of an object scene stays at the training cameras' mean distance and height and
+    looks at the origin; the shared camera helper gives sphere tracing the same poses."""
+    from fieldcraft.render.cameras import look_at
+    from fieldcraft.tasks import nerf
+
+    data = load_posed_images(LEGO_MINI, "train")
+    cams = nerf.orbit_cameras(data, 8)
+    centres = cams.c2w[:, :, 3]
+    mean_dist = float(data.cameras.c2w[:, :, 3].norm(dim=-1).mean())
+    torch.testing.assert_close(centres.norm(dim=-1), torch.full((8,), mean_dist), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cams.c2w[:, :, 2], centres / centres.norm(dim=-1, keepdim=True), rtol=1e-4, atol=1e-5)
+    assert len(cams) == 8 and cams.width == data.width and float(cams.fx[3]) == float(data.cameras.fx[0])
+    torch.testing.assert_close(look_at(centres[0])[:3, 2], cams.c2w[0, :, 2], atol=1e-5, rtol=0)
 
 
 def test_spherical_harmonics_orthonormal():
@@ -521,27 +653,32 @@ def test_weight_average_follows_its_definition_and_survives_resume(tmp_path):
     from fieldcraft.tasks import nerf
 
     cfg = nerf.nerf_config("tiny", rays=32, full_image=False, n_samples=8, bf16=False, ema_decay=0.5, box="dataset")
-    data = load_posed_images(LEGO_MINI, "train", max_images=2)
-    trainer = nerf.NerfTrainer(cfg, data, str(LEGO_MINI), 3, None)
-    expected = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    model, objective = _objective(cfg, load_posed_images(LEGO_MINI, "train", max_images=2))
+    optimizer = cfg.optimizer(nerf.has_grid(model)).build(model)
+    expected = {n: p.detach().clone() for n, p in model.named_parameters()}
     for step in range(3):
-        trainer.step(step)
+        optimizer.zero_grad()
+        objective.loss(model, step)
+        optimizer.step()
+        objective.after_step(step)
         d = min(0.5, (1 + step) / (10 + step))
-        expected = {n: d * expected[n] + (1 - d) * p.detach() for n, p in trainer.model.named_parameters()}
-    for n, t in trainer.ema.items():
+        expected = {n: d * expected[n] + (1 - d) * p.detach() for n, p in model.named_parameters()}
+    for n, t in objective.ema.items():
         torch.testing.assert_close(t, expected[n])
+    assert objective.rays_seen == 3 * 32
 
     out = tmp_path / "ema"
-    nerf.fit(LEGO_MINI, out, steps=2, config=cfg, progress=False, max_images=2)
+    nerf.fit(cfg, LEGO_MINI, out, Budget(steps=2), progress=False, max_images=2, device="cpu")
     tensors, _ = load_checkpoint(out)
-    averaged, _ = nerf.load_model(out)
-    last, _ = nerf.load_model(out, averaged=False)
+    averaged, _ = nerf.load_model(out, device="cpu")
+    last, _ = nerf.load_model(out, averaged=False, device="cpu")
     name, _ = next(iter(averaged.named_parameters()))
-    torch.testing.assert_close(dict(averaged.named_parameters())[name].detach(), tensors[f"ema.{name}"])
+    torch.testing.assert_close(dict(averaged.named_parameters())[name].detach(), tensors[f"extra.ema.{name}"])
     torch.testing.assert_close(dict(last.named_parameters())[name].detach(), tensors[f"model.{name}"])
-    assert not torch.equal(tensors[f"ema.{name}"], tensors[f"model.{name}"])
+    assert not torch.equal(tensors[f"extra.ema.{name}"], tensors[f"model.{name}"])
     # resuming restores the average: one more step moves it from the saved one, not from the weights
-    nerf.fit(LEGO_MINI, out, steps=3, resume=True, progress=False, max_images=2)
+    nerf.fit(None, LEGO_MINI, out, Budget(steps=3), resume=True, progress=False, max_images=2, device="cpu")
     resumed = load_checkpoint(out)[0]
     d = min(0.5, (1 + 2) / (10 + 2))  # the third step is step 2
-    torch.testing.assert_close(resumed[f"ema.{name}"], d * tensors[f"ema.{name}"] + (1 - d) * resumed[f"model.{name}"])
+    torch.testing.assert_close(resumed[f"extra.ema.{name}"],
+                               d * tensors[f"extra.ema.{name}"] + (1 - d) * resumed[f"model.{name}"])

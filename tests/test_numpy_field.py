@@ -30,6 +30,9 @@ CASES = {
     "gauss-exp-nobias": FieldConfig(3, 1, IdentityEncodingConfig(),
                                     MLPConfig(32, 2, "gaussian", output_activation="exp", gaussian_a=0.3, bias=False)),
     "linear-relu-out": FieldConfig(3, 2, IdentityEncodingConfig(), MLPConfig(8, 0, output_activation="relu")),
+    "hash-relu-skips": FieldConfig(3, 1, HASH, MLPConfig(16, 4, "relu", skips=(2, 3), init="glorot")),
+    "siren-skip": FieldConfig(2, 3, IdentityEncodingConfig(), MLPConfig(16, 3, "sine", skips=(1,)), output_scale=0.5,
+                              output_offset=0.5),
 }
 
 

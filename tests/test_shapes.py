@@ -1,16 +1,18 @@
 """Shapes as fields: geometry (meshes, winding numbers, distances, marching cubes, MISE,
-metrics), the SDF task (regression, eikonal second derivatives, occupancy, auto-decoder),
-sphere tracing and the command line."""
+metrics), the SDF task (regression, eikonal second derivatives, occupancy, auto-decoder) on
+the training core, resume, sphere tracing and the command line."""
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 import trimesh
-from tests.conftest import SHARED_DATA
+from tests.conftest import shared_data
 
+from fieldcraft.cli import main
 from fieldcraft.encodings import HashGridConfig
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.fields import FieldConfig
@@ -21,26 +23,30 @@ from fieldcraft.geometry.mesh import load_shape, normalise, save_point_cloud
 from fieldcraft.geometry.metrics import mesh_metrics
 from fieldcraft.geometry.mise import extract_mise
 from fieldcraft.geometry.sampling import signed_distance, surface_samples
+from fieldcraft.geometry.shape_field import export_shape_mesh, field_function
+from fieldcraft.io.checkpoint import load_checkpoint
 from fieldcraft.networks import MLPConfig
 from fieldcraft.tasks.sdf import (
     AutoDecoderConfig,
+    AutoDecoderObjective,
+    SDFObjective,
     SDFTaskConfig,
-    SDFTrainer,
     eikonal_loss,
-    export_shape_mesh,
-    field_function,
     fit_autodecoder,
     fit_shape,
     make_samples,
     spatial_gradient,
 )
-from fieldcraft.train import Budget, run_loop
+from fieldcraft.train import Budget, Trainer
 
 SMALL_FIELD = FieldConfig(in_dim=3, out_dim=1,
                           encoding=HashGridConfig(n_levels=6, n_features=2, log2_table_size=15, base_resolution=8,
                                                   max_resolution=128),
                           network=MLPConfig(hidden_width=32, hidden_layers=2))
 SMALL_TASK = SDFTaskConfig(field=SMALL_FIELD, n_surface=20_000, n_uniform=5_000, batch_size=4096, lr=1e-2)
+TINY_TASK = SMALL_TASK.replace(n_surface=4000, n_uniform=1000, batch_size=2048)
+TINY_AUTODECODER = AutoDecoderConfig(latent_dim=8, network=MLPConfig(hidden_width=32, hidden_layers=2),
+                                     task=SMALL_TASK.replace(lr=5e-3, n_surface=5000, n_uniform=2000))
 
 
 def sphere_sdf(p, r=0.6):
@@ -164,9 +170,7 @@ def test_cli_prints_one_line_for_bad_mesh(tmp_path, capsys):
 
 
 def test_spot_is_watertight_after_loading():
-    path = os.path.join(SHARED_DATA, "meshes", "spot.obj")
-    assert os.path.exists(path), f"shared test data missing: {path}"
-    shape = load_shape(path)
+    shape = load_shape(shared_data("meshes", "spot.obj"))
     assert shape.trimesh().is_watertight
     normed, norm = normalise(shape, margin=0.0)
     np.testing.assert_allclose(np.abs(normed.vertices).max(), 1.0)
@@ -182,24 +186,52 @@ def test_point_cloud_roundtrip(tmp_path):
 
 # ---------------------------------------------------------------------------------- fitting
 
-def _fit(shape_mesh, config, steps):
-    normed, norm = normalise(load_shape_from(shape_mesh), config.margin)
-    samples = make_samples(normed, config, need_sdf=config.loss != "eikonal")
-    trainer = SDFTrainer(config, samples, total_steps=steps)
-    run_loop(trainer.step, Budget(steps=steps), progress=False)
-    return trainer.field.eval(), norm
-
-
 def load_shape_from(mesh):
     from fieldcraft.geometry.mesh import validate_mesh
 
     return validate_mesh(mesh.vertices, mesh.faces)
 
 
+def _fit(mesh, config, steps):
+    """An in-memory fit on the core (no run directory): field, normalisation, outcome."""
+    normed, norm = normalise(load_shape_from(mesh), config.margin)
+    samples = make_samples(normed, config, need_sdf=config.loss != "eikonal")
+    torch.manual_seed(config.seed)
+    field = config.field.build()
+    outcome = Trainer(field, SDFObjective(config, samples), config.optimizer(), Budget(steps=steps),
+                      progress=False).run()
+    return field.eval(), norm, outcome
+
+
+@pytest.fixture(scope="module")
+def meshes(tmp_path_factory):
+    """Tiny meshes on disk: a sphere (320 faces) and a box moved away from the origin."""
+    d = tmp_path_factory.mktemp("meshes")
+    trimesh.creation.icosphere(2, radius=1.0).export(d / "sphere.obj")
+    box = trimesh.creation.box(extents=(2.0, 1.0, 1.5))
+    box.apply_translation([10.0, -3.0, 5.0])
+    box.export(d / "box.obj")
+    return d
+
+
+def _stop_at(monkeypatch, objective_class, step):
+    """SIGINT to this process after optimisation step ``step`` (0-based): the trainer stops after it."""
+    def after_step(self, i):
+        if i == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(objective_class, "after_step", after_step)
+
+
+def test_optimizer_is_cosine_over_the_budget():
+    opt = SDFTaskConfig(lr=1e-2, lr_decay_to=0.1).optimizer()
+    assert opt.lr == 1e-2 and opt.schedule.kind == "cosine" and opt.schedule.final_factor == 0.1
+    assert AutoDecoderConfig().optimizer().schedule.kind == "constant"  # the auto-decoder keeps a constant lr
+
+
 @pytest.mark.parametrize("kind", ["sphere", "box"])
 def test_regression_recovers_analytic_sdf(kind):
     mesh = trimesh.creation.icosphere(5, radius=1.0) if kind == "sphere" else trimesh.creation.box(extents=(2.0, 1.2, 1.6))
-    field, norm = _fit(mesh, SMALL_TASK, 150)
+    field, norm, _ = _fit(mesh, SMALL_TASK, 150)
     # analytic SDF in normalised coordinates (scale = norm.scale, centred)
     rng = np.random.default_rng(0)
     s, nrm = surface_samples(mesh.vertices, mesh.faces, 4000, rng)
@@ -279,27 +311,43 @@ def test_numerical_gradient_matches_autograd_float64():
 def test_eikonal_fit_reduces_loss_on_sphere(gradient):
     mesh = trimesh.creation.icosphere(4)
     cfg = SMALL_TASK.replace(loss="eikonal", batch_size=1024, lr=5e-3, near_sigmas=(), n_uniform=0, gradient=gradient)
-    normed, _ = normalise(load_shape_from(mesh), cfg.margin)
-    trainer = SDFTrainer(cfg, make_samples(normed, cfg, need_sdf=False), total_steps=60)
-    first = trainer.step(0)["loss"]
-    _, _, hist = run_loop(trainer.step, Budget(steps=60), start_step=1, progress=False)
-    assert hist.column("loss")[-1] < 0.5 * first
+    field, _, outcome = _fit(mesh, cfg, 60)
+    losses = outcome.history.column("loss")
+    assert outcome.step == 60 and losses[-1] < 0.5 * losses[0]
     # the zero level set is near the sphere (radius 0.95 after normalisation)
-    d = field_function(trainer.field)(np.array([[0.95, 0, 0], [0, -0.95, 0], [0, 0, 0.95]]))
+    d = field_function(field)(np.array([[0.95, 0, 0], [0, -0.95, 0], [0, 0, 0.95]]))
     assert np.abs(d).max() < 0.1
 
 
-def test_export_back_in_input_coordinates_and_resume(tmp_path):
-    box = trimesh.creation.box(extents=(2.0, 1.0, 1.5))
-    box.apply_translation([10.0, -3.0, 5.0])
-    box.export(tmp_path / "box.obj")
+@pytest.mark.parametrize("loss", ["regression", "eikonal", "occupancy"])
+def test_reference_kernels_smoke_fit(meshes, tmp_path, monkeypatch, loss):
+    """The path a GPU takes (PyTorch grid encoding and Adam, no numba): a few steps, finite outputs."""
+    monkeypatch.setenv("FIELDCRAFT_KERNELS", "reference")
+    cfg = TINY_TASK.replace(loss=loss)
+    if loss == "eikonal":
+        cfg = cfg.replace(batch_size=512, lr=5e-3, near_sigmas=(), n_uniform=0)
+    m = fit_shape(meshes / "sphere.obj", tmp_path / loss, cfg, Budget(steps=40), progress=False, device="cpu",
+                  resolution=32, render=False, evaluate=False)
+    assert m["steps"] == 40 and np.isfinite(m["final_loss"]) and m["stopped"] is None and "mesh_error" not in m
+    tensors, meta = load_checkpoint(tmp_path / loss)
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("field."))
+    assert meta["task"] == "sdf" and meta["step"] == 40 and "normalisation" in meta and "optim.0.exp_avg" in tensors
+    mesh = trimesh.load(tmp_path / loss / "mesh.ply", process=False)
+    assert len(mesh.faces) > 0 and np.isfinite(mesh.vertices).all()
+
+
+def test_export_back_in_input_coordinates(meshes, tmp_path):
     out = tmp_path / "fit"
-    m = fit_shape(tmp_path / "box.obj", out, SMALL_TASK, Budget(steps=150), progress=False, resolution=64, render=True)
+    m = fit_shape(meshes / "box.obj", out, SMALL_TASK, Budget(steps=150), progress=False, device="cpu",
+                  resolution=64, render=True)
     assert (out / "renders" / "view_00.png").exists() and (out / "metrics.json").exists()
-    assert m["chamfer_l1"] < 0.02 and m["iou"] > 0.9
+    assert m["chamfer_l1"] < 0.02 and m["iou"] > 0.9 and m["steps"] == 150 and m["stopped"] is None
+    assert json.loads((out / "metrics.json").read_text())["chamfer_l1"] == pytest.approx(m["chamfer_l1"])
     from fieldcraft.tasks.sdf import extract_mesh, load_shape_field
 
-    field, cfg, norm, _ = load_shape_field(out)
+    box = trimesh.load(meshes / "box.obj", process=False)
+    field, cfg, norm, meta = load_shape_field(out, "cpu")
+    assert meta["normalisation"]["centre"] == pytest.approx([10.0, -3.0, 5.0]) and meta["source"].endswith("box.obj")
     for mise in (True, False):
         stats = export_shape_mesh(out, tmp_path / f"m{mise}.ply", resolution=64, mise=mise)
         assert stats["backend"] == "numpy"  # torch-free evaluation, checked against the module below
@@ -308,30 +356,133 @@ def test_export_back_in_input_coordinates_and_resume(tmp_path):
         v, f, _ = extract_mesh(field, cfg.loss, 64, mise)
         np.testing.assert_allclose(got.vertices, norm.inverse(v), atol=1e-5)  # exactly the inverse transform
         np.testing.assert_allclose(norm.apply(box.vertices).max(0).max(), 1 - cfg.margin)
-    m2 = fit_shape(tmp_path / "box.obj", out, SMALL_TASK, Budget(steps=170), resume=True, progress=False,
-                   resolution=32, render=False, evaluate=False)
-    assert m2["steps"] == 170
-    meta = json.loads((out / "config.json").read_text())
-    assert meta["step"] == 170 and meta["normalisation"]["centre"] == pytest.approx([10.0, -3.0, 5.0])
 
 
-def test_occupancy_and_autodecoder(tmp_path):
-    s = trimesh.creation.icosphere(3, radius=1.0)
-    b = trimesh.creation.box(extents=(2.0, 2.0, 2.0))
-    s.export(tmp_path / "sphere.obj")
-    b.export(tmp_path / "box.obj")
+def test_stopped_and_resumed_fit_equals_uninterrupted(meshes, tmp_path, monkeypatch):
+    """80 steps straight == stopped by SIGINT after 40 steps, then --resume to the stored budget:
+    same samples (drawn from the seed), batches (registered generator), Adam state and schedule."""
+    kw = dict(progress=False, device="cpu", resolution=32, render=False, evaluate=False)
+    straight = fit_shape(meshes / "sphere.obj", tmp_path / "straight", TINY_TASK, Budget(steps=80), **kw)
+    with monkeypatch.context() as mp:
+        _stop_at(mp, SDFObjective, 39)
+        stopped = fit_shape(meshes / "sphere.obj", tmp_path / "resumed", TINY_TASK, Budget(steps=80), **kw)
+    assert stopped["stopped"] == "SIGINT" and stopped["steps"] == 40
+    assert (tmp_path / "resumed" / "mesh.ply").exists()  # outputs are written when stopped too
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["stopped"] == "SIGINT"
+    resumed = fit_shape(meshes / "sphere.obj", tmp_path / "resumed", TINY_TASK, resume=True, **kw)
+    assert resumed["steps"] == 80 and resumed["stopped"] is None
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5, abs=1e-7)
+    a, _ = load_checkpoint(tmp_path / "straight")
+    b, _ = load_checkpoint(tmp_path / "resumed")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    hist = [json.loads(line) for line in (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == list(range(10, 81, 10))
+
+
+def test_occupancy_fit(meshes, tmp_path):
     occ = SMALL_TASK.replace(loss="occupancy")
-    m = fit_shape(tmp_path / "sphere.obj", tmp_path / "occ", occ, Budget(steps=60), progress=False, resolution=32,
-                  render=False)
+    m = fit_shape(meshes / "sphere.obj", tmp_path / "occ", occ, Budget(steps=60), progress=False, device="cpu",
+                  resolution=32, render=False)
     assert m["iou"] > 0.9
-    cfg = AutoDecoderConfig(latent_dim=8, network=MLPConfig(hidden_width=32, hidden_layers=2),
-                            task=SMALL_TASK.replace(lr=5e-3, n_surface=5000, n_uniform=2000))
-    r = fit_autodecoder([tmp_path / "sphere.obj", tmp_path / "box.obj"], tmp_path / "ad", cfg, Budget(steps=150),
-                        interpolate=3, resolution=32, progress=False)
+    from fieldcraft.tasks.sdf import render_shape
+
+    with pytest.raises(FieldcraftError, match="occupancy"):
+        render_shape(tmp_path / "occ", tmp_path / "views")
+
+
+def test_autodecoder_interpolates_and_resumes(tmp_path, monkeypatch):
+    trimesh.creation.icosphere(3, radius=1.0).export(tmp_path / "sphere.obj")
+    trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(tmp_path / "box.obj")
+    sources = [tmp_path / "sphere.obj", tmp_path / "box.obj"]
+    r = fit_autodecoder(sources, tmp_path / "ad", TINY_AUTODECODER, Budget(steps=150), interpolate=3,
+                        resolution=32, progress=False, device="cpu")
     assert r["meshes"] == ["shape_0.ply", "shape_1.ply", "interp_00.ply", "interp_01.ply", "interp_02.ply"]
     vols = [trimesh.load(tmp_path / "ad" / f"interp_{i:02d}.ply").volume for i in range(3)]
     # sphere (4.19 / scale^3) -> box (8 / scale^3): the middle code gives a middle volume
     assert vols[0] < vols[1] < vols[2]
+    # stopped after 70 steps and resumed to the stored 150: the same decoder and codes
+    with monkeypatch.context() as mp:
+        _stop_at(mp, AutoDecoderObjective, 69)
+        s = fit_autodecoder(sources, tmp_path / "ad2", TINY_AUTODECODER, Budget(steps=150), interpolate=0,
+                            resolution=32, progress=False, device="cpu")
+    assert s["stopped"] == "SIGINT" and s["steps"] == 70
+    t, meta = load_checkpoint(tmp_path / "ad2")
+    assert meta["task"] == "autodecoder" and meta["step"] == 70 and len(meta["normalisations"]) == 2
+    assert any(k.startswith("optim.") for k in t) and "rng.batches" in t
+    s2 = fit_autodecoder(sources, tmp_path / "ad2", TINY_AUTODECODER, resume=True, interpolate=0, resolution=32,
+                         progress=False, device="cpu")
+    assert s2["steps"] == 150 and s2["stopped"] is None
+    a, _ = load_checkpoint(tmp_path / "ad")
+    b, _ = load_checkpoint(tmp_path / "ad2")
+    for k in a:
+        if k.startswith("model."):
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    with pytest.raises(FieldcraftError, match="2 shape"):
+        fit_autodecoder(sources[:1], tmp_path / "ad2", TINY_AUTODECODER, resume=True, progress=False, device="cpu")
+
+
+# ------------------------------------------------------------------------------ command line
+
+def _cli(args):
+    return main([str(a) for a in args])
+
+
+def test_cli_fit_sdf_then_render_export_eval(meshes, tmp_path, capsys):
+    out = tmp_path / "sdf"
+    assert _cli(["fit", "sdf", meshes / "sphere.obj", "--out", out, "--steps", "20", "--resolution", "32",
+                 "--batch-size", "4096", "--no-render", "--quiet", "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 20 and m["stopped"] is None and m["device"] == "cpu" and "chamfer_l1" in m
+    assert (out / "mesh.ply").exists() and (out / "history.jsonl").exists() and not (out / "renders").exists()
+    assert _cli(["fit", "sdf", meshes / "sphere.obj", "--out", out, "--steps", "5", "--quiet"]) == 2  # has a fit
+    assert "--resume continues it" in capsys.readouterr().err
+
+    assert _cli(["render", "sdf", out, "--out", tmp_path / "views", "--views", "2", "--size", "24",
+                 "--device", "cpu"]) == 0
+    from fieldcraft.io.images import read_png
+
+    assert read_png(tmp_path / "views" / "view_01.png").shape == (24, 24, 3)
+
+    assert _cli(["export", "mesh", out, "--resolution", "32", "--mise", "--out", tmp_path / "m.ply"]) == 0
+    assert "(numpy)" in capsys.readouterr().out
+    assert _cli(["export", "mesh", out, "--resolution", "32", "--out", tmp_path / "t.obj", "--device", "cuda:0"
+                 ]) == (0 if torch.cuda.is_available() else 2)
+    assert _cli(["eval", "mesh", tmp_path / "m.ply", meshes / "sphere.obj", "--points", "2000",
+                 "--out", tmp_path / "e.json"]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert {"chamfer_l1", "normal_consistency", "f_score", "iou"} <= set(e) and e["chamfer_l1"] < 0.5
+
+
+def test_cli_fit_occupancy(meshes, tmp_path, capsys):
+    out = tmp_path / "occ"
+    assert _cli(["fit", "occupancy", meshes / "sphere.obj", "--out", out, "--steps", "20", "--resolution", "32",
+                 "--batch-size", "4096", "--quiet", "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["loss"] == "occupancy" and m["steps"] == 20 and "iou" in m and not (out / "renders").exists()
+    assert _cli(["render", "sdf", out, "--out", tmp_path / "views"]) == 2  # no sphere tracing of occupancies
+    pc = trimesh.creation.icosphere(2)
+    save_point_cloud(tmp_path / "pc.ply", pc.vertices, pc.vertex_normals)
+    assert _cli(["fit", "occupancy", tmp_path / "pc.ply", "--out", tmp_path / "pc", "--steps", "1", "--quiet"]) == 2
+    assert "needs a mesh" in capsys.readouterr().err
+
+
+def test_cli_fit_autodecoder_and_resume(meshes, tmp_path, capsys):
+    out = tmp_path / "ad"
+    srcs = [meshes / "sphere.obj", meshes / "box.obj"]
+    assert _cli(["fit", "autodecoder", *srcs, "--out", out, "--steps", "4", "--resolution", "32",
+                 "--interpolate", "2", "--latent-dim", "4", "--quiet", "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 4 and m["stopped"] is None and set(m["meshes"]) <= {"shape_0.ply", "shape_1.ply",
+                                                                             "interp_00.ply", "interp_01.ply"}
+    assert _cli(["fit", "autodecoder", *srcs, "--out", out, "--steps", "6", "--resume", "--resolution", "32",
+                 "--interpolate", "2", "--latent-dim", "8", "--quiet"]) == 0
+    assert "latent_dim=4 (given 8)" in capsys.readouterr().err  # the stored config is kept
+    t, meta = load_checkpoint(out)
+    assert meta["step"] == 6 and meta["config"]["latent_dim"] == 4 and t["model.latents"].shape == (2, 4)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
 
 
 def test_sphere_tracing_hits_analytic_sphere():

@@ -29,14 +29,15 @@ COMMAND_MODULES = ("image", "nerf", "shapes", "ct")
 def build_parser() -> argparse.ArgumentParser:
     from fieldcraft import __version__
 
-    parser = argparse.ArgumentParser(prog="fieldcraft", description="Neural fields for images, radiance fields, shapes and CT.")
+    parser = argparse.ArgumentParser(prog="fieldcraft", allow_abbrev=False,
+                                     description="Neural fields for images, radiance fields, shapes and CT.")
     parser.add_argument("--version", action="version", version=f"fieldcraft {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     verbs = {}
     for verb, help_text in VERBS.items():
-        p = sub.add_parser(verb, help=help_text)
-        verbs[verb] = p.add_subparsers(dest="task", metavar="TASK", required=True)
+        p = sub.add_parser(verb, help=help_text, allow_abbrev=False)
+        verbs[verb] = _NoAbbrev(p.add_subparsers(dest="task", metavar="TASK", required=True))
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"fieldcraft.commands.{name}")
@@ -48,13 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoAbbrev:
+    """A sub-parsers action whose parsers take no abbreviated options (so the options a user gave
+    can be named exactly: ``--resume`` reports the settings it kept)."""
+
+    def __init__(self, action: argparse._SubParsersAction) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        return self._action.add_parser(name, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_cpu_defaults()
+    from fieldcraft.commands.common import given_options
     from fieldcraft.errors import FieldcraftError
     from fieldcraft.runtime import set_threads
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.given = given_options(argv)
     if getattr(args, "uses_torch", True):  # torch-free commands (export mesh) skip importing it
         set_threads()
     try:

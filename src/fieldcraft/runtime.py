@@ -59,6 +59,13 @@ def cpu_autocast(enabled: bool = True):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
+def fast_kernels_enabled() -> bool:
+    """False when the environment sets ``FIELDCRAFT_KERNELS=reference``: grid encodings and the
+    row-sparse Adam then run their PyTorch reference code on the CPU too, the code a GPU runs
+    (tests use it to cover that path on machines without one). Read at each call."""
+    return os.environ.get("FIELDCRAFT_KERNELS", "fast").lower() != "reference"
+
+
 def default_device() -> str:
     """``"cuda"`` when available, else ``"cpu"``."""
     import torch

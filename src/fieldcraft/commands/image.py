@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from fieldcraft.commands.common import add_budget_arguments, budget_from_args
+from fieldcraft.commands.common import (
+    add_device_argument,
+    add_fit_arguments,
+    budget_from_args,
+    device_from_args,
+    report,
+)
 
 
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
@@ -18,7 +23,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("source", help="image file (PNG/JPEG/TIFF) or sample:NAME (scikit-image: camera, astronaut, ...)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--preset", default=DEFAULT_IMAGE_PRESET, help=f"field preset: {', '.join(IMAGE_PRESETS)}")
-    add_budget_arguments(p)
+    add_fit_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, help="resize the longer side to N pixels (anti-aliased)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
@@ -27,8 +32,6 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--protocol", default="all", choices=["all", "every-other-pixel"],
                    help="every-other-pixel: 512x512 image, fit the 256x256 even pixels, test on all")
     p.add_argument("--batch-size", type=int, default=1 << 18, help="pixels per step (default 262144)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit)
 
     g = verbs["fit"].add_parser("image-gradients", help="fit an image from its gradients only (Poisson)",
@@ -36,11 +39,10 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     g.add_argument("source")
     g.add_argument("--out", required=True, type=Path)
     g.add_argument("--preset", default="siren")
-    add_budget_arguments(g)
+    add_fit_arguments(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_fit_gradients)
 
     b = verbs["fit"].add_parser("blend", help="blend two images in the gradient domain",
@@ -52,11 +54,10 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     b.add_argument("--weight", type=float, default=0.5, help="constant weight w of image A")
     b.add_argument("--mask", default=None, help="PNG weight map for A (white = A, black = B); overrides --weight")
     b.add_argument("--preset", default="siren")
-    add_budget_arguments(b)
+    add_fit_arguments(b)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", type=int, default=256)
     b.add_argument("--lr", type=float, default=None)
-    b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_fit_blend)
 
     r = verbs["render"].add_parser("image", help="render a fitted image field at any resolution")
@@ -67,6 +68,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     r.add_argument("--derivative", choices=["grad", "laplace"], default=None,
                    help="render |grad f| or the Laplacian (autograd) instead of the values")
     r.add_argument("--bits", type=int, choices=[8, 16], default=16)
+    add_device_argument(r)
     r.set_defaults(func=_render)
 
 
@@ -76,18 +78,20 @@ def _fit(args: argparse.Namespace) -> int:
     config = ImageFitConfig(source=args.source, preset=args.preset, size=args.size, seed=args.seed, lr=args.lr,
                             train_fraction=args.train_fraction, mask=args.mask, protocol=args.protocol,
                             batch_size=args.batch_size)
-    metrics = fit_image(config, args.out, budget_from_args(args, default_steps=2000), resume=args.resume, progress=not args.quiet)
-    _report(args.out, metrics)
-    return 0
+    metrics = fit_image(config, args.out, budget_from_args(args), resume=args.resume, progress=not args.quiet,
+                        device=device_from_args(args), given=tuple(args.given), overwrite=args.overwrite,
+                        checkpoint_seconds=args.checkpoint_every)
+    return report(args.out, metrics)
 
 
 def _fit_gradients(args: argparse.Namespace) -> int:
     from fieldcraft.tasks.gradient_domain import GradientFitConfig, fit_gradients
 
     config = GradientFitConfig(sources=(args.source,), preset=args.preset, size=args.size, seed=args.seed, lr=args.lr)
-    metrics = fit_gradients(config, args.out, budget_from_args(args, default_steps=1000), progress=not args.quiet)
-    _report(args.out, metrics)
-    return 0
+    metrics = fit_gradients(config, args.out, budget_from_args(args), resume=args.resume, progress=not args.quiet,
+                            device=device_from_args(args), given=tuple(args.given), overwrite=args.overwrite,
+                            checkpoint_seconds=args.checkpoint_every)
+    return report(args.out, metrics)
 
 
 def _fit_blend(args: argparse.Namespace) -> int:
@@ -95,9 +99,10 @@ def _fit_blend(args: argparse.Namespace) -> int:
 
     config = GradientFitConfig(sources=(args.source_a, args.source_b), weight=args.weight, mask=args.mask,
                                preset=args.preset, size=args.size, seed=args.seed, lr=args.lr)
-    metrics = fit_gradients(config, args.out, budget_from_args(args, default_steps=1000), progress=not args.quiet)
-    _report(args.out, metrics)
-    return 0
+    metrics = fit_gradients(config, args.out, budget_from_args(args), resume=args.resume, progress=not args.quiet,
+                            device=device_from_args(args), given=tuple(args.given), overwrite=args.overwrite,
+                            checkpoint_seconds=args.checkpoint_every)
+    return report(args.out, metrics)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -107,7 +112,7 @@ def _render(args: argparse.Namespace) -> int:
     from fieldcraft.io.images import write_png
     from fieldcraft.tasks.image import load_image_field, render_derivative, render_field
 
-    field, meta = load_image_field(args.directory)
+    field, meta = load_image_field(args.directory, device_from_args(args))
     h0, w0 = meta["image"]["height"], meta["image"]["width"]
     width = args.width or (round(w0 * args.height / h0) if args.height else w0)
     height = args.height or round(h0 * width / w0)
@@ -126,9 +131,3 @@ def _render(args: argparse.Namespace) -> int:
     write_png(args.out, img, bits=args.bits)
     print(f"wrote {args.out} ({width}x{height})")
     return 0
-
-
-def _report(out: Path, metrics: dict) -> None:
-    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
-    print(json.dumps(shown))
-    print(f"outputs in {out}")

@@ -11,6 +11,14 @@ APS data-exchange (``/exchange/data`` ``[angles, rows, columns]`` counts,
 :func:`log_sinogram` applies the flat/dark correction and ``-ln``,
 :func:`centre_sinogram` crops the detector symmetrically about the centre of rotation and
 resamples it to ``N`` bins.
+
+Centre of rotation (detector pixels, 0 = centre of the first pixel): :func:`centre_from_file`
+reads it when the file records one (a scalar dataset or attribute named ``rotation_center``,
+``rotation_centre``, ``center_of_rotation``, ``centre_of_rotation``, ``rot_center`` or
+``rotation_axis``, anywhere in the file; the data-exchange schema has no fixed place for it);
+:func:`estimate_centre` finds it from the projections: in parallel beam the projection at
+``theta + 180`` is the mirror image of the one at ``theta`` about the centre, so the centre is
+where a projection best matches the mirrored opposite one.
 """
 
 from __future__ import annotations
@@ -139,3 +147,113 @@ def select_views(n_total: int, k: int) -> np.ndarray:
     if not 1 <= k <= n_total:
         raise FieldcraftError(f"--views must be between 1 and {n_total}, got {k}")
     return np.unique(np.round(np.arange(k) * (n_total / k)).astype(int) % n_total)
+
+
+CENTRE_NAMES = ("rotation_center", "rotation_centre", "center_of_rotation", "centre_of_rotation", "rot_center",
+                "rotation_axis")
+
+
+def centre_from_file(path: str) -> tuple[float, str] | None:
+    """The centre of rotation recorded in an HDF5 file and where (``"/path"`` of a dataset or
+    ``"/path@attribute"``), or None when the file records none (see module docstring)."""
+    import h5py
+
+    found: list[tuple[float, str]] = []
+
+    def scalar(value) -> float | None:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iuf" or arr.size != 1 or not np.isfinite(arr).all():
+            return None
+        return float(arr.reshape(-1)[0])
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1].lower() in CENTRE_NAMES:
+            v = scalar(obj[()])
+            if v is not None:
+                found.append((v, "/" + name))
+        for key, value in obj.attrs.items():
+            if key.lower() in CENTRE_NAMES and (v := scalar(value)) is not None:
+                found.append((v, f"/{name}@{key}"))
+
+    with h5py.File(path, "r") as f:
+        visit("", f)
+        f.visititems(visit)
+    return found[0] if found else None
+
+
+def opposite_pairs(theta_deg: Float[np.ndarray, " A"], max_pairs: int = 16) -> tuple[list[tuple[int, int]], float]:
+    """Pairs ``(i, j)`` of views whose angles differ by the closest to 180 degrees any pair
+    gets (all pairs exactly 180 apart for a 360-degree scan; for a 180-degree scan over
+    ``[0, 180)`` the first and last views), at most ``max_pairs`` spread evenly, and that
+    mismatch in degrees.
+
+    >>> opposite_pairs(np.arange(8) * 45.0)
+    ([(0, 4), (1, 5), (2, 6), (3, 7)], 0.0)
+    >>> opposite_pairs(np.arange(180) * 1.0)
+    ([(0, 179)], 1.0)
+    """
+    t = np.asarray(theta_deg, np.float64)
+    gap = np.abs((t[None, :] - t[:, None]) % 360.0 - 180.0)  # distance of each difference from 180 (symmetric)
+    best = float(gap.min())
+    i, j = np.nonzero(np.triu(gap <= best + 1e-6, 1))
+    pairs = [(int(a), int(b)) for a, b in zip(i, j)]
+    if len(pairs) > max_pairs:
+        pairs = [pairs[k] for k in np.unique(np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int))]
+    return pairs, best
+
+
+def mirror_cost(p: Float[np.ndarray, " C"], q: Float[np.ndarray, " C"], centres: Float[np.ndarray, " K"]) -> Float[np.ndarray, " K"]:
+    """Mean squared difference between ``p(x)`` and the mirror image ``q(2c - x)`` (linear
+    interpolation) over the detector pixels where both exist, for each candidate centre ``c``."""
+    x = np.arange(p.shape[0], dtype=np.float64)
+    xs = 2.0 * np.asarray(centres, np.float64)[:, None] - x[None, :]
+    valid = (xs >= 0) & (xs <= x[-1])
+    diff = np.where(valid, p[None, :] - np.interp(xs, x, q), 0.0)
+    return (diff**2).sum(1) / np.maximum(valid.sum(1), 1)
+
+
+def estimate_centre(sino: Float[np.ndarray, "A C"], theta_deg: Float[np.ndarray, " A"]) -> tuple[float, str]:
+    """Centre of rotation (detector pixels) of a parallel-beam sinogram of line integrals, and
+    how it was found: the centre ``c`` minimising the summed :func:`mirror_cost` of the
+    :func:`opposite_pairs` (projections smoothed by a Gaussian of 1 px), searched over the
+    middle half of the detector (every candidate overlaps at least half of it) in steps of
+    0.5 px, then refined to 0.01 px. For a 180-degree scan the pair is a few degrees short of
+    180 (one angular step); the object's rotation over that step biases the result by at most
+    ``step (rad) x (distance of the object's centre of mass from the axis) / 2`` px.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    sino = np.asarray(sino, np.float64)
+    n_views, n_cols = sino.shape
+    if n_views < 2:
+        raise FieldcraftError("estimating the centre of rotation needs at least 2 projections")
+    pairs, gap = opposite_pairs(theta_deg)
+    if gap > 20.0:
+        raise FieldcraftError(f"cannot estimate the centre of rotation: no two projections are within 20 degrees of "
+                              f"opposite (closest: {180.0 - gap:.1f} apart); give --centre")
+    smooth = gaussian_filter1d(sino, 1.0, axis=1)
+
+    def cost(centres: np.ndarray) -> np.ndarray:
+        return sum(mirror_cost(smooth[i], smooth[j], centres) for i, j in pairs)
+
+    coarse = np.arange(n_cols / 4.0, 3.0 * n_cols / 4.0 + 0.25, 0.5)
+    c0 = coarse[int(np.argmin(cost(coarse)))]
+    fine = np.arange(c0 - 0.5, c0 + 0.5 + 1e-9, 0.01)
+    centre = float(fine[int(np.argmin(cost(fine)))])
+    t = np.asarray(theta_deg, np.float64)
+    if len(pairs) == 1:
+        how = f"estimated: projection at {t[pairs[0][0]]:g} deg registered with the mirror image of {t[pairs[0][1]]:g} deg"
+    else:
+        how = f"estimated: {len(pairs)} pairs of projections {180.0 - gap:g} deg apart registered with mirror images"
+    return centre, how
+
+
+def rotation_centre(proj: Projections, sino: Float[np.ndarray, "A C"]) -> tuple[float, str]:
+    """The centre of rotation of ``proj`` (detector pixels) and where it came from: the one the
+    file records (:func:`centre_from_file`), else :func:`estimate_centre` of ``sino`` (the
+    line integrals of one detector row of ``proj``), rounded to 0.01 px."""
+    recorded = centre_from_file(proj.path)
+    if recorded is not None:
+        return recorded[0], f"recorded in the file at {recorded[1]}"
+    centre, how = estimate_centre(sino, proj.theta_deg)
+    return round(centre, 2), how

@@ -27,14 +27,15 @@ SPLITS = ("train", "val", "test")
 class PosedImages:
     """Images of one split with their cameras.
 
-    - ``images``: ``[n, H, W, C]`` float32 in ``[0, 1]``; ``C = 4`` (straight RGBA, not yet
-      composited: see :func:`composite`) or ``C = 3``.
+    - ``images``: ``[n, H, W, C]`` float32 in ``[0, 1]`` (8- or 16-bit files, every bit kept);
+      ``C = 4`` (straight RGBA, not yet composited: see :func:`composite`) or ``C = 3``.
     - ``cameras``: :class:`~fieldcraft.data.cameras.Cameras` (OpenGL convention).
     - ``names``: file name of each image relative to its split folder (used for outputs).
     - ``near, far``: ray distance bounds (world units; NDC ``0, 1`` for forward-facing scenes).
     - ``aabb``: ``[2, 3]`` scene box (min, max) the field is defined on.
     - ``ndc``: rays are warped to normalised device coordinates (LLFF forward-facing).
     - ``source``: the file the split was read from (for messages).
+    - ``format``: ``blender``, ``nerfstudio`` or ``llff``.
     """
 
     images: Float[Tensor, "n H W C"]
@@ -62,6 +63,11 @@ class PosedImages:
         return dataclasses.replace(self, images=self.images[idx], cameras=self.cameras[idx],
                                    names=[self.names[i] for i in idx])
 
+    def to(self, device: torch.device | str) -> PosedImages:
+        """Images, cameras and box on ``device``."""
+        return dataclasses.replace(self, images=self.images.to(device), cameras=self.cameras.to(device),
+                                   aabb=self.aabb.to(device))
+
 
 def composite(images: Float[Tensor, "*b C"], background: Float[Tensor, "*#b 3"]) -> Float[Tensor, "*b 3"]:
     """Composite straight-alpha RGBA on a background colour (``rgb a + bg (1 - a)``); RGB passes through.
@@ -76,20 +82,16 @@ def composite(images: Float[Tensor, "*b C"], background: Float[Tensor, "*#b 3"])
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as float32 ``[H, W, C]`` in ``[0, 1]`` (8- or 16-bit; grey becomes RGB)."""
-    import imageio.v3 as iio
+    """An image file as float32 ``[H, W, C]`` in ``[0, 1]`` (:func:`fieldcraft.data.images.load_image`:
+    8-bit and 16-bit PNGs keep all their bits), grey expanded to RGB, grey + alpha to RGBA."""
+    from fieldcraft.data.images import load_image
 
     if not path.is_file():
         raise FieldcraftError(f"{path}: image file not found")
-    try:
-        arr = np.asarray(iio.imread(path))
-    except Exception as exc:  # noqa: BLE001 (imageio raises many types for bad files)
-        raise FieldcraftError(f"{path}: unreadable image ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
-    arr = arr.astype(np.float32) / scale
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+    arr = load_image(path).pixels
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.shape[-1] not in (3, 4):
         raise FieldcraftError(f"{path}: expected an RGB or RGBA image, got shape {arr.shape}")
     return arr
 
@@ -111,28 +113,42 @@ def stack_images(arrays: list[np.ndarray], paths: list[Path], size: tuple[int, i
     return torch.from_numpy(np.stack(out))
 
 
-def load_posed_images(path: str | Path, split: str = "train", max_images: int | None = None) -> PosedImages:
-    """Read one split of a dataset directory (format detected, see module docstring)."""
+def dataset_format(path: str | Path) -> tuple[str, Path]:
+    """The format of a dataset directory (``blender``, ``nerfstudio`` or ``llff``, see module
+    docstring) and the directory itself (a ``transforms*.json`` path names its folder)."""
     path = Path(path)
-    if split not in SPLITS:
-        raise FieldcraftError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
     if not path.exists():
         raise FieldcraftError(f"{path}: dataset directory not found")
     if path.is_file() and path.name.startswith("transforms") and path.suffix == ".json":
         path = path.parent
-    if (path / "transforms_train.json").exists():
+    for name, fmt in (("transforms_train.json", "blender"), ("transforms.json", "nerfstudio"),
+                      ("poses_bounds.npy", "llff")):
+        if (path / name).exists():
+            return fmt, path
+    raise FieldcraftError(f"{path}: not a NeRF dataset (expected transforms_train.json, transforms.json or poses_bounds.npy)")
+
+
+def forward_facing(path: str | Path) -> bool:
+    """Whether the dataset's rays are warped to NDC (LLFF forward-facing captures)."""
+    return dataset_format(path)[0] == "llff"
+
+
+def load_posed_images(path: str | Path, split: str = "train", max_images: int | None = None) -> PosedImages:
+    """Read one split of a dataset directory (format detected, see module docstring)."""
+    if split not in SPLITS:
+        raise FieldcraftError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+    fmt, path = dataset_format(path)
+    if fmt == "blender":
         from fieldcraft.data.blender import load_blender
 
         return load_blender(path, split, max_images=max_images)
-    if (path / "transforms.json").exists():
+    if fmt == "nerfstudio":
         from fieldcraft.data.nerfstudio import load_nerfstudio
 
         return load_nerfstudio(path / "transforms.json", split, max_images=max_images)
-    if (path / "poses_bounds.npy").exists():
-        from fieldcraft.data.llff import load_llff
+    from fieldcraft.data.llff import load_llff
 
-        return load_llff(path, split, max_images=max_images)
-    raise FieldcraftError(f"{path}: not a NeRF dataset (expected transforms_train.json, transforms.json or poses_bounds.npy)")
+    return load_llff(path, split, max_images=max_images)
 
 
 def read_json(path: Path) -> dict:

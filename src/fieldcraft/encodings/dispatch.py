@@ -35,6 +35,10 @@ def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "au
 
 
 def _fast_kernel():
+    from fieldcraft.runtime import fast_kernels_enabled
+
+    if not fast_kernels_enabled():
+        return None
     try:
         from fieldcraft.encodings.grid_autograd import grid_encode_fast
     except ImportError:

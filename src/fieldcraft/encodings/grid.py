@@ -19,11 +19,15 @@ All levels live in one parameter ``table`` of shape ``[sum_l size_l, F]`` with r
 ``offsets[l]``, so optimisers and fast kernels see one flat array.
 
 This module holds the pure-PyTorch reference (:func:`grid_encode_reference`), which is
-differentiable to any order in both the table and the points; fast CPU kernels live in
+differentiable to any order in both the table and the points, and its sparse-matrix form for
+points that never move (:func:`grid_operator`, used by
+:class:`~fieldcraft.fields.fixed_points.FixedPointsField`); fast CPU kernels live in
 :mod:`fieldcraft.kernels.grid` and are checked against it.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from jaxtyping import Float, Int
@@ -32,8 +36,8 @@ from torch import Tensor, nn
 from fieldcraft.encodings.base import Encoding, EncodingConfig
 from fieldcraft.kernels.grid_layout import PRIMES, GridLayout, level_resolutions
 
-__all__ = ["PRIMES", "GridEncoding", "GridLayout", "corner_offsets", "grid_encode_reference", "level_resolutions",
-           "vertex_rows"]
+__all__ = ["PRIMES", "GridEncoding", "GridLayout", "corner_offsets", "grid_encode_reference", "grid_operator",
+           "level_resolutions", "vertex_rows"]
 
 
 def corner_offsets(dim: int, device: torch.device | None = None) -> Int[Tensor, "corners dim"]:
@@ -79,6 +83,40 @@ def grid_encode_reference(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows 
         values = table[rows]  # [n, C, F]
         feats.append((w[..., None] * values).sum(1))
     return torch.cat(feats, dim=-1)
+
+
+def grid_operator(u: Float[Tensor, "n dim"], layout: GridLayout) -> Tensor:
+    """The grid encoding of fixed points ``u`` in ``[0, 1]^d`` (clamped) as a linear map of the
+    table: a sparse CSR matrix ``S`` ``[n * L, rows]`` (float32, on ``u``'s device) with
+    ``(S @ table).reshape(n, L * F) == grid_encode_reference(u, table, layout)`` for every
+    ``table``. Row ``i * L + l`` holds point ``i``'s ``2^d`` corner weights at level ``l``
+    (weights computed in float64; rows a hash collision repeats are summed).
+
+    >>> from fieldcraft.kernels.grid_layout import dense_grid_layout
+    >>> layout = dense_grid_layout(1, 2, 1)  # one level, 2 cells (3 vertices), 1 feature
+    >>> grid_operator(torch.tensor([[0.25]]), layout).to_dense()
+    tensor([[0.5000, 0.5000, 0.0000]])
+    """
+    u = u.detach().to(torch.float64).clamp(0.0, 1.0)
+    n, levels = u.shape[0], layout.n_levels
+    corners = corner_offsets(layout.dim, u.device)
+    rows, cols, vals = [], [], []
+    for level, (res, size, hashed, off) in enumerate(
+        zip(layout.resolutions, layout.sizes, layout.hashed, layout.offsets)
+    ):
+        p = u * res
+        cell = torch.clamp(torch.floor(p), max=res - 1).to(torch.int64)
+        frac = p - cell
+        c = vertex_rows(cell[:, None, :] + corners[None], res, size, hashed) + off  # [n, C]
+        w = torch.where(corners[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)  # [n, C]
+        rows.append((torch.arange(n, device=u.device) * levels + level)[:, None].expand_as(c).reshape(-1))
+        cols.append(c.reshape(-1))
+        vals.append(w.reshape(-1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        s = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals),
+                                    (n * levels, layout.n_rows))
+        return s.coalesce().to(torch.float32).to_sparse_csr()
 
 
 class GridEncoding(Encoding):

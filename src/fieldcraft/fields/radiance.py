@@ -7,8 +7,11 @@
     rgb   = sigmoid(colour MLP([features, direction encoding(d)]))      (colour MLP present)
           = sigmoid(features[:3])                                         (no colour MLP, tiny-NeRF)
 
-The trunk is a ReLU MLP with optional skip connections (the encoded input is concatenated to
-the input of the listed hidden layers, NeRF's layer 5). Presets in :func:`nerf_field_config`.
+Trunk and colour MLP are :class:`~fieldcraft.networks.MLP` s (:meth:`RadianceFieldConfig.trunk_network`,
+:meth:`RadianceFieldConfig.color_network`): the trunk a ReLU MLP with optional skip
+connections (the encoded position is concatenated to the input of the listed hidden layers,
+NeRF's layer 5), the colour MLP a ReLU MLP with a sigmoid output. Presets in
+:func:`fieldcraft.tasks.nerf.nerf_config`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from fieldcraft.config import Config
 from fieldcraft.encodings import EncodingConfig, FourierFeaturesConfig, FrequencyEncodingConfig, IdentityEncodingConfig
 from fieldcraft.errors import check
+from fieldcraft.networks import MLPConfig
 
 DENSITY_ACTIVATIONS = ("trunc_exp", "relu", "softplus")
 POSITIONS = ("box", "world")
@@ -35,7 +39,8 @@ class RadianceFieldConfig(Config):
 
     - ``position_encoding``: encoding of positions (normalised to ``[-1, 1]^3`` over the scene box).
     - ``trunk_width``, ``trunk_layers``: hidden width and number of hidden layers of the trunk.
-    - ``skips``: hidden layers (0-based) whose input gets the encoded position concatenated.
+    - ``skips``: trunk hidden layers (0-based, each ``0 < i < trunk_layers``) whose input gets the
+      encoded position concatenated (``MLPConfig.skips``).
     - ``n_features``: features passed to the colour MLP (tiny-NeRF: 3, the colour itself).
     - ``direction_encoding``: encoding of unit view directions, or None (no view dependence).
     - ``color_width``, ``color_layers``: colour MLP hidden width and layers; ``color_layers < 0``
@@ -44,8 +49,9 @@ class RadianceFieldConfig(Config):
     - ``density_bias``: added to the raw density before the activation.
     - ``positions``: what the position encoding sees: ``box`` (normalised to ``[-1, 1]^3`` over the
       scene box) or ``world`` (world coordinates as they are; the tiny-NeRF notebook).
-    - ``init``: linear-layer initialisation: ``torch`` (PyTorch's default, as nerf-pytorch) or
-      ``glorot`` (Glorot-uniform weights, zero biases: Keras' default, as the TensorFlow NeRF code).
+    - ``init``: linear-layer initialisation of both MLPs (``MLPConfig.init``): ``torch`` (PyTorch's
+      default, as nerf-pytorch) or ``glorot`` (Glorot-uniform weights, zero biases: Keras' default,
+      as the TensorFlow NeRF code).
     """
 
     type_name = "RadianceField"
@@ -72,6 +78,18 @@ class RadianceFieldConfig(Config):
         check(self.color_layers >= 0 or self.n_features >= 3, "without a colour MLP the field needs n_features >= 3")
         return RadianceField(self, aabb)
 
+    def trunk_network(self) -> MLPConfig:
+        """The trunk: ``trunk_layers`` ReLU layers of ``trunk_width`` with ``skips``, then a linear
+        layer to ``[raw density, n_features features]``."""
+        return MLPConfig(hidden_width=self.trunk_width, hidden_layers=self.trunk_layers, activation="relu",
+                         skips=self.skips, init=self.init)
+
+    def color_network(self) -> MLPConfig:
+        """The colour MLP (when ``color_layers >= 0``): ``color_layers`` ReLU layers of
+        ``color_width``, then a linear layer to RGB and a sigmoid."""
+        return MLPConfig(hidden_width=self.color_width, hidden_layers=self.color_layers, activation="relu",
+                         output_activation="sigmoid", init=self.init)
+
 
 class _TruncExp(torch.autograd.Function):
     """``exp(x)`` with the gradient's exponent clamped at 15 (torch-ngp), avoiding overflow."""
@@ -91,50 +109,40 @@ def trunc_exp(x: Tensor) -> Tensor:
     return _TruncExp.apply(x)
 
 
+def density_activation(raw: Float[Tensor, "*n"], name: str) -> Float[Tensor, "*n"]:
+    """Density from its raw value: ``trunc_exp`` | ``relu`` | ``softplus``."""
+    if name == "trunc_exp":
+        return trunc_exp(raw)
+    return torch.relu(raw) if name == "relu" else nn.functional.softplus(raw)
+
+
 class RadianceField(nn.Module):
-    """``density(x) -> sigma [n]`` and ``forward(x, d) -> (sigma [n], rgb [n, 3])`` on world points."""
+    """``density(x) -> sigma [n]`` and ``forward(x, d) -> (sigma [n], rgb [n, 3])`` on world points.
+
+    Modules: ``position_encoding``, ``trunk`` (an :class:`~fieldcraft.networks.MLP`,
+    :meth:`RadianceFieldConfig.trunk_network`), ``direction_encoding`` (or None) and ``color``
+    (an MLP, :meth:`RadianceFieldConfig.color_network`, or None); buffer ``aabb`` ``[2, 3]``.
+    """
 
     def __init__(self, config: RadianceFieldConfig, aabb: Tensor) -> None:
         super().__init__()
         c = self.config = config
         self.register_buffer("aabb", aabb.clone().float())
         self.position_encoding = c.position_encoding.build(3)
-        e = self.position_encoding.out_dim
-        layers, width_in = [], e
-        for i in range(c.trunk_layers):
-            layers.append(nn.Linear(width_in + (e if i in c.skips and i > 0 else 0), c.trunk_width))
-            width_in = c.trunk_width
-        self.trunk = nn.ModuleList(layers)
-        self.trunk_out = nn.Linear(width_in, 1 + c.n_features)
+        self.trunk = c.trunk_network().build(self.position_encoding.out_dim, 1 + c.n_features)
         self.direction_encoding = c.direction_encoding.build(3) if c.direction_encoding is not None else None
+        self.color = None
         if c.color_layers >= 0:
             d_in = c.n_features + (self.direction_encoding.out_dim if self.direction_encoding is not None else 0)
-            widths = [d_in] + [c.color_width] * c.color_layers + [3]
-            self.color = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        else:
-            self.color = None
-        if c.init == "glorot":
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
+            self.color = c.color_network().build(d_in, 3)
 
     def normalize(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
         """World points to ``[-1, 1]^3`` over the scene box."""
         return (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
 
-    def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        enc = self.position_encoding(self.normalize(x) if self.config.positions == "box" else x)
-        h = enc
-        for i, lin in enumerate(self.trunk):
-            if i in self.config.skips and i > 0:
-                h = torch.cat([h, enc], -1)
-            h = torch.relu(lin(h))
-        out = self.trunk_out(h)
-        raw = out[:, 0] + self.config.density_bias
-        act = self.config.density_activation
-        sigma = trunc_exp(raw) if act == "trunc_exp" else torch.relu(raw) if act == "relu" else nn.functional.softplus(raw)
-        return sigma, out[:, 1:]
+    def _trunk(self, x: Float[Tensor, "n 3"]) -> tuple[Float[Tensor, " n"], Float[Tensor, "n n_features"]]:
+        out = self.trunk(self.position_encoding(self.normalize(x) if self.config.positions == "box" else x))
+        return density_activation(out[..., 0] + self.config.density_bias, self.config.density_activation), out[..., 1:]
 
     def density(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
         return self._trunk(x)[0]
@@ -143,8 +151,6 @@ class RadianceField(nn.Module):
                 ) -> tuple[Float[Tensor, " n"], Float[Tensor, "n 3"]]:
         sigma, feat = self._trunk(x)
         if self.color is None:
-            return sigma, torch.sigmoid(feat[:, :3])
+            return sigma, torch.sigmoid(feat[..., :3])
         h = feat if self.direction_encoding is None else torch.cat([feat, self.direction_encoding(d)], -1)
-        for lin in self.color[:-1]:
-            h = torch.relu(lin(h))
-        return sigma, torch.sigmoid(self.color[-1](h))
+        return sigma, self.color(h)

@@ -9,4 +9,6 @@
 | :mod:`.marching_cubes` | dense, block-wise marching cubes with bounded memory |
 | :mod:`.mise` | multiresolution isosurface extraction |
 | :mod:`.metrics` | Chamfer-L1/L2, normal consistency, F-score, IoU |
+| :mod:`.surface` | level set of a shape field per loss, extraction (MISE or dense), cleaned |
+| :mod:`.shape_field` | a fitted shape checkpoint as a function of points (numpy twin or PyTorch), mesh export |
 """

@@ -1,11 +1,17 @@
 """Checkpoints: one safetensors file, no pickle anywhere.
 
-A checkpoint is ``<dir>/checkpoint.safetensors``: tensors (field weights under ``field.``,
-optimiser state under ``optim.``) plus a JSON header stored in the safetensors metadata
-under the key ``"fieldcraft"`` (library version, task, configs, step, elapsed seconds, seeds
-and task metadata). A copy of that JSON is written beside it as ``config.json`` for people
-to read. Writes go to a temporary file in the same directory, are flushed to disk, then
-renamed over the old file, so a crash never leaves a half-written checkpoint.
+A checkpoint is ``<dir>/checkpoint.safetensors``: tensors (model weights under ``field.`` or
+``model.``, optimiser state under ``optim.``, random-generator states under ``rng.``, task state
+under ``extra.``) plus a JSON header stored in the safetensors metadata under the key
+``"fieldcraft"``: the checkpoint ``format`` version (:data:`FORMAT_VERSION`), the library version,
+task, configs, step, fitting seconds, budget and task metadata. The header is strict JSON (no
+NaN or infinity). The checkpoint file alone is the checkpoint: a copy of its header is written
+beside it as ``config.json`` for people to read, and nothing reads it back.
+
+Writes go to a temporary file in the same directory, are flushed to disk, then renamed over
+the old file, so a crash or a kill at any moment leaves the previous checkpoint or the new one,
+never a half-written file. Loading checks the format version: a checkpoint written by a newer
+format is refused with one line; format 1 (no ``format`` key) reads as is.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 META_KEY = "fieldcraft"
+FORMAT_VERSION = 2
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -61,13 +68,15 @@ def save_checkpoint(directory: Path, tensors: dict[str, Tensor], meta: dict[str,
     """Atomically write ``tensors`` and JSON ``meta`` to ``directory/checkpoint.safetensors``."""
     from safetensors.torch import save_file
 
+    from fieldcraft.io.records import dumps
+
     directory = Path(directory)
-    meta = {"fieldcraft_version": fieldcraft.__version__, **meta}
-    header = json.dumps(meta)
+    meta = {"format": FORMAT_VERSION, "fieldcraft_version": fieldcraft.__version__, **meta}
+    header = dumps(meta, indent=None)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     path = directory / CHECKPOINT_NAME
     atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata={META_KEY: header}))
-    atomic_write_bytes(directory / "config.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(directory / "config.json", (dumps(meta) + "\n").encode())
     return path
 
 
@@ -102,6 +111,12 @@ def _read(directory: Path, framework: str, device: str, prefix: str | None) -> t
         meta = json.loads(meta_text)
     except json.JSONDecodeError as exc:
         raise FieldcraftError(f"{path}: malformed checkpoint metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise FieldcraftError(f"{path}: malformed checkpoint metadata (not a JSON object)")
+    version = meta.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise FieldcraftError(f"{path}: checkpoint format {version!r} is newer than this fieldcraft "
+                              f"{fieldcraft.__version__} reads (up to {FORMAT_VERSION}); upgrade fieldcraft")
     return tensors, meta
 
 

@@ -5,7 +5,8 @@ evaluates anything; for the fields it meets, this module does the same arithmeti
 
 Covered: a ``Field`` config (:class:`fieldcraft.fields.FieldConfig` as JSON) whose encoding is
 ``HashGrid``, ``DenseGrid`` or ``Identity`` and whose network is an ``MLP`` with any of its
-hidden (relu, sine, gaussian, tanh) and output activations, float32 weights. For anything
+hidden (relu, sine, gaussian, tanh) and output activations and input skips, float32 weights
+(its ``init`` only matters when training). For anything
 else :func:`numpy_field` returns ``None`` and the caller builds the PyTorch module instead.
 Values equal ``Field.forward`` up to float32 rounding (``tests/test_numpy_field.py``).
 """
@@ -61,28 +62,27 @@ class NumpyField:
     """``Field(x) = output_scale * MLP(encoding(x)) + output_offset`` in numpy.
 
     Built by :func:`numpy_field`; call it on float32 points ``[n, in_dim]`` in ``[-1, 1]``.
+    ``skips``: the linear layers whose input is ``[h, encoding(x)]`` (``MLPConfig.skips``).
     """
 
     def __init__(self, in_dim: int, encode: Callable[[Array], Array], layers: list[tuple[Array, Array | None]],
                  activations: list[Callable[[Array], Array]], output: Callable[[Array], Array], scale: float,
-                 offset: float, chunk: int = 65_536) -> None:
+                 offset: float, chunk: int = 65_536, skips: frozenset[int] = frozenset()) -> None:
         self.in_dim, self.encode, self.layers = in_dim, encode, layers
-        self.activations, self.output = activations, output
+        self.activations, self.output, self.skips = activations, output, skips
         self.scale, self.offset, self.chunk = np.float32(scale), np.float32(offset), chunk
         self.out_dim = layers[-1][0].shape[0]
 
     def _block(self, x: Array) -> Array:
-        h = self.encode(x)
-        for (w, b), act in zip(self.layers[:-1], self.activations):
+        e = h = self.encode(x)
+        for i, (w, b) in enumerate(self.layers):
+            if i in self.skips:
+                h = np.concatenate([h, e], axis=1)
             h = h @ w.T
             if b is not None:
                 h += b
-            h = act(h)
-        w, b = self.layers[-1]
-        y = h @ w.T
-        if b is not None:
-            y += b
-        y = self.output(y)
+            h = self.activations[i](h) if i < len(self.activations) else h
+        y = self.output(h)
         if self.scale != 1.0 or self.offset != 0.0:
             y = y * self.scale + self.offset
         return y
@@ -149,4 +149,5 @@ def _build(config: Mapping[str, Any], tensors: Mapping[str, Array], prefix: str)
     if any(a is None for a in activations):
         return None
     return NumpyField(in_dim, encode, layers, activations, _OUTPUT[net["output_activation"]],
-                      float(config.get("output_scale", 1.0)), float(config.get("output_offset", 0.0)))
+                      float(config.get("output_scale", 1.0)), float(config.get("output_offset", 0.0)),
+                      skips=frozenset(int(s) for s in net.get("skips", ())))

@@ -76,7 +76,7 @@ def parallel_beam_rays(
     ([[[0.5, 0.0]], [[0.0, -0.5]]], [[[0.0, 1.0]], [[1.0, 0.0]]])
     """
     n, d = _frames(angles)
-    c = torch.tensor(center, dtype=angles.dtype)
+    c = torch.tensor(center, dtype=angles.dtype, device=angles.device)
     origins = c + u[None, :, None] * n[:, None, :]
     return origins, d[:, None, :].expand_as(origins).contiguous()
 
@@ -94,7 +94,7 @@ def fan_beam_rays(
     ([0.0, -3.0], [0.7071067690849304, 0.7071067690849304])
     """
     n, d = _frames(angles)
-    c = torch.tensor(center, dtype=angles.dtype)
+    c = torch.tensor(center, dtype=angles.dtype, device=angles.device)
     source = c - source_distance * d  # [A, 2]
     bins = c + detector_distance * d[:, None, :] + u[None, :, None] * n[:, None, :]  # [A, D, 2]
     dirs = bins - source[:, None, :]
@@ -113,7 +113,7 @@ def chord_interval(
     >>> chord_interval(torch.tensor([[0.0, -2.0]]), torch.tensor([[0.0, 1.0]]))
     (tensor([1.]), tensor([3.]))
     """
-    oc = origins - torch.tensor(center, dtype=origins.dtype)
+    oc = origins - torch.tensor(center, dtype=origins.dtype, device=origins.device)
     b = (oc * directions).sum(-1)
     disc = b * b - (oc * oc).sum(-1) + radius * radius
     half = torch.sqrt(disc.clamp_min(0.0))
@@ -134,7 +134,7 @@ def quadrature_points(
     """
     length = (t_far - t_near).clamp_min(0.0)
     h = length / n_samples
-    k = torch.arange(n_samples, dtype=origins.dtype)
+    k = torch.arange(n_samples, dtype=origins.dtype, device=origins.device)
     frac = (k + 0.5) if offsets is None else (k + offsets)
     t = t_near[..., None] + frac * h[..., None]
     points = origins[..., None, :] + t[..., None] * directions[..., None, :]
@@ -158,7 +158,7 @@ def line_integrals(field, points: Float[Tensor, "*rays S 2"], weights: Float[Ten
         if v.dim() == p.dim():
             v = v[..., 0]
         out.append((v * w[i:i + step]).sum(-1))
-    return torch.cat(out).reshape(rays_shape) if out else torch.zeros(rays_shape)
+    return torch.cat(out).reshape(rays_shape) if out else torch.zeros(rays_shape, device=points.device)
 
 
 def bilinear_corners(points: Float[Tensor, "*pts 2"], size: int) -> tuple[Int[Tensor, "*pts 4"], Float[Tensor, "*pts 4"]]:
@@ -202,7 +202,7 @@ def projection_matrix(points: Float[Tensor, "*rays S 2"], weights: Float[Tensor,
         for start in range(0, n_rays, chunk):
             idx, w = bilinear_corners(pts[start:start + chunk], size)
             vals = (w * wts[start:start + chunk, :, None]).reshape(idx.shape[0], -1)
-            rows = torch.arange(start, start + idx.shape[0])[:, None].expand_as(vals)
+            rows = torch.arange(start, start + idx.shape[0], device=vals.device)[:, None].expand_as(vals)
             keep = vals != 0
             coo = torch.sparse_coo_tensor(torch.stack([rows[keep], idx.reshape(idx.shape[0], -1)[keep]]),
                                           vals[keep], (n_rays, size * size)).coalesce()

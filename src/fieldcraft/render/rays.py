@@ -1,11 +1,14 @@
-"""Rays from cameras: pixel centres, camera rays, ray/box clipping, NDC warping.
+"""Rays from cameras: pixel centres, camera rays, ray/box clipping, NDC warping, ray batches.
 
 Conventions are those of :mod:`fieldcraft.data.cameras` (OpenGL axes, rays through pixel
 centres). Ray points are ``o + t d``; with ``normalize=True`` directions have unit length so
-``t`` is a distance in world units.
+``t`` is a distance in world units. Every function makes its tensors on the device of its
+inputs (cameras, pixel coordinates).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from jaxtyping import Float, Int
@@ -14,7 +17,7 @@ from torch import Tensor
 from fieldcraft.data.cameras import Cameras, camera_directions
 
 
-def pixel_centres(height: int, width: int, device=None) -> tuple[Float[Tensor, " hw"], Float[Tensor, " hw"]]:
+def pixel_centres(height: int, width: int, device: torch.device | str | None = None) -> tuple[Float[Tensor, " hw"], Float[Tensor, " hw"]]:
     """Pixel-centre coordinates ``(u, v) = (j + 0.5, i + 0.5)`` of an image, row-major.
 
     >>> pixel_centres(1, 2)
@@ -81,3 +84,49 @@ def ndc_rays(origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], fx: floa
     d1 = ay * (dirs[:, 1] / dirs[:, 2] - o[:, 1] / o[:, 2])
     d2 = -2.0 * near / o[:, 2]
     return torch.stack([o0, o1, o2], -1), torch.stack([d0, d1, d2], -1)
+
+
+@dataclasses.dataclass
+class Rays:
+    """A flat batch of ``m`` rays: ``origins, dirs`` ``[m, 3]`` in sampling space (world, or NDC for
+    forward-facing scenes), unit world ``viewdirs`` ``[m, 3]`` (what view-dependent colour sees)
+    and the sampled range ``t_min, t_max`` ``[m]`` (``t_min == t_max``: nothing to sample)."""
+
+    origins: Float[Tensor, "m 3"]
+    dirs: Float[Tensor, "m 3"]
+    viewdirs: Float[Tensor, "m 3"]
+    t_min: Float[Tensor, " m"]
+    t_max: Float[Tensor, " m"]
+
+    def __getitem__(self, idx) -> Rays:
+        return Rays(self.origins[idx], self.dirs[idx], self.viewdirs[idx], self.t_min[idx], self.t_max[idx])
+
+    def __len__(self) -> int:
+        return int(self.origins.shape[0])
+
+    def with_range(self, t_min: Float[Tensor, " m"], t_max: Float[Tensor, " m"]) -> Rays:
+        return Rays(self.origins, self.dirs, self.viewdirs, t_min, t_max)
+
+
+def make_rays(cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], v: Float[Tensor, " m"], near: float,
+              far: float, aabb: Float[Tensor, "2 3"], ndc: bool) -> Rays:
+    """Rays through pixel coordinates ``(u, v)`` of cameras ``cam``. World rays are clipped to the
+    box ``aabb`` and to ``[near, far]``; rays that miss them get an empty range (``t_min == t_max``).
+    NDC rays (:func:`ndc_rays`, near plane 1) span ``t`` in ``[0, 1]``.
+
+    >>> c2w = torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 5]]])   # at z = 5, looking down -z
+    >>> c = Cameras.from_fov(c2w, 1.0, 4, 4)
+    >>> r = make_rays(c, torch.tensor([0, 0]), torch.tensor([2.0, 0.5]), torch.tensor([2.0, 0.5]), 0.1, 100.0,
+    ...               torch.tensor([[-0.5] * 3, [0.5] * 3]), ndc=False)
+    >>> r.t_min.tolist(), r.t_max.tolist()   # the centre ray crosses the box from t = 4.5 to 5.5
+    ([4.5, 5.2...], [5.5, 5.2...])
+    >>> bool(r.t_min[1] == r.t_max[1])        # the corner ray misses it: an empty range
+    True
+    """
+    o, d = camera_rays(cameras, cam, u, v, normalize=True)
+    if ndc:
+        o2, d2 = ndc_rays(o, d, float(cameras.fx[0]), float(cameras.fy[0]), cameras.width, cameras.height, 1.0)
+        return Rays(o2, d2, d, torch.zeros_like(u), torch.ones_like(u))
+    t0, t1 = ray_aabb(o, d, aabb)
+    t_min = t0.clamp(min=near)
+    return Rays(o, d, d, t_min, torch.maximum(t1.clamp(max=far), t_min))

@@ -1,58 +1,71 @@
 """Sparse-view CT reconstruction with a neural field, against FBP and SART.
 
-Pipeline (``fieldcraft fit ct SRC --out DIR``):
+Task = data (a sinogram of a few views) + field + forward model (line integrals of the field's
+image, a fixed sparse matrix) + filtered residual and total variation; the training core
+(:mod:`fieldcraft.train`) does the rest. See docs/ct.md.
 
-1. data: ``sample:shepp-logan`` simulated at ``views`` angles equally spaced over [0, 180)
-   (line integrals of the 400 x 400 phantom by quadrature, not of the ``N x N`` ground truth,
-   so the fit does not see its own forward model; optional Beer-Lambert + Poisson noise), or
-   an APS data-exchange HDF5 file (flat/dark correction, ``-ln``, detector centred on the
-   centre of rotation and resampled to ``N`` bins, ``views`` of its angles spread evenly).
+1. data (:mod:`fieldcraft.data.ct`): ``sample:shepp-logan`` simulated at ``views`` angles
+   equally spaced over [0, 180) (line integrals of the 400 x 400 phantom by quadrature, not of
+   the ``N x N`` ground truth, so the fit does not see its own forward model; optional
+   Beer-Lambert + Poisson noise), or an APS data-exchange HDF5 file (flat/dark correction,
+   ``-ln``, detector centred on the centre of rotation and resampled to ``N`` bins, ``views``
+   of its angles spread evenly). The centre of rotation is ``--centre``, else the one the file
+   records, else estimated from opposite projections.
 2. baselines on the same views: scikit-image ``iradon`` (FBP, ramp filter) and
    ``iradon_sart`` (``sart_iterations`` passes, each started from the previous one).
 3. field: ``mu(x, y) = value_scale * Field(x, y)``, a 2-D :class:`~fieldcraft.fields.Field`
-   with a softplus output (non-negative), queried at the ``N x N`` pixel centres inside the
-   reconstruction disc (zero outside, like ``iradon(circle=True)``); predicted sinogram =
-   line integrals of the bilinear interpolant of those values (a precomputed sparse matrix,
-   :func:`~fieldcraft.render.line_integrals.projection_matrix`, 2 samples per pixel per ray).
-   ``value_scale`` is the 99.5th percentile of the same-view FBP, so field outputs are O(1).
-4. loss = mean squared sinogram residual (world units, divided by ``value_scale``) +
-   ``tv_weight`` x anisotropic total variation (mean over pixels of ``|dx| + |dy|`` of
-   ``Field``); Adam with the learning rate decayed exponentially from ``lr`` to
+   with a softplus output (non-negative), queried at the ``N x N`` pixel centres
+   (:func:`fieldcraft.coords.pixel_centres`) inside the reconstruction disc (zero outside,
+   like ``iradon(circle=True)``) through a
+   :class:`~fieldcraft.fields.fixed_points.FixedPointsField` (encoding precomputed); predicted
+   sinogram = line integrals of the bilinear interpolant of those values (a precomputed
+   sparse matrix, :func:`~fieldcraft.render.line_integrals.projection_matrix`, 2 samples per
+   pixel per ray). ``value_scale`` is the 99.5th percentile of the same-view FBP, so field
+   outputs are O(1).
+4. loss (:class:`SinogramResidual`) = mean squared sinogram residual (world units, divided by
+   ``value_scale``), ramp-filtered along the detector (:func:`ramp_filter`), +
+   ``tv_weight`` x :func:`total_variation` of ``Field``'s image; Instant-NGP's Adam (betas
+   0.9/0.99, eps 1e-15) with the learning rate decayed exponentially from ``lr`` to
    ``lr * lr_final_factor`` over the budget.
-5. metrics against the phantom (data range 1) or, for real data, against the FBP of all the
-   file's angles (data range = its max - min): PSNR = ``10 log10(R^2 / MSE)`` over the whole
-   ``N x N`` image and SSIM (``skimage.metrics.structural_similarity`` with the same
-   ``data_range``), on the unclipped reconstructions.
-
-Fast path: when every query point is fixed (it is: pixel centres), a grid encoding is a fixed
-sparse linear map of its table (:func:`grid_operator`), and an encoding without parameters
-is a constant; both are precomputed once. Results equal ``field(points)`` (tested).
+5. metrics (:mod:`fieldcraft.metrics`) against the phantom (data range 1) or, for real data,
+   against the FBP of all the file's angles (data range = its max - min): PSNR over the whole
+   ``N x N`` image and SSIM (Gaussian window) with that data range, on the unclipped
+   reconstructions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
+import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from fieldcraft.config import Config
+from fieldcraft.coords import pixel_centres
 from fieldcraft.data import ct as ctdata
 from fieldcraft.encodings import DenseGridConfig, FourierFeaturesConfig, HashGridConfig
-from fieldcraft.encodings.grid import GridLayout, corner_offsets, vertex_rows
-from fieldcraft.errors import FieldcraftError
+from fieldcraft.errors import FieldcraftError, check
 from fieldcraft.fields import Field, FieldConfig
+from fieldcraft.fields.fixed_points import FixedPointsField
+from fieldcraft.io.checkpoint import atomic_write_bytes, build_loaded, load_checkpoint
+from fieldcraft.io.images import write_png
+from fieldcraft.io.records import write_json
+from fieldcraft.metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
 from fieldcraft.networks import MLPConfig
 from fieldcraft.render import line_integrals as li
+from fieldcraft.render.grid import render_grid
+from fieldcraft.train import Budget, History, Objective, OptimizerConfig, Run, ScheduleConfig
+from fieldcraft.train.optimizers import instant_ngp
 
+TASK = "ct"
 CT_PRESETS = ("hash", "dense", "fourier")
 DEFAULT_PRESET = "hash"
 # Adam learning rate per preset (grids take large steps; a Fourier-feature MLP dies at 3e-2)
@@ -96,11 +109,15 @@ class CTTaskConfig(Config):
       phantom; spread evenly over the file's angles for real data).
     - ``photons``: incident photons per detector bin for Poisson noise (phantom only);
       ``None`` = noiseless.
-    - ``row``: detector row (slice) of real data; ``centre``: centre of rotation of real data
-      in detector pixels.
-    - ``field``: the :class:`FieldConfig`; ``preset``: the preset it came from (for the record).
+    - ``row``: detector row (slice) of real data.
+    - ``centre``: centre of rotation of real data in detector pixels (0 = centre of the first
+      pixel); ``None``: the one the file records, else estimated from the projections
+      (:func:`fieldcraft.data.ct.rotation_centre`).
+    - ``field``: the :class:`FieldConfig`; ``preset``: the preset it came from (for the record
+      and its learning rate).
     - ``tv_weight``: weight of the total-variation term (0 disables it).
-    - ``lr``, ``lr_final_factor``: Adam learning rate and its factor at the end of the budget.
+    - ``lr``: Adam learning rate (None: the preset's, :data:`PRESET_LR`); ``lr_final_factor``:
+      its factor at the end of the budget (exponential decay).
     - ``loss_filter``: ``"ramp"`` weighs the sinogram residual by ``sqrt(|omega| + 1/N)``
       along the detector (so the gradient is a filtered back-projection of the residual, a
       preconditioner) or ``"none"`` (plain mean squared residual).
@@ -115,16 +132,22 @@ class CTTaskConfig(Config):
     views: int = 20
     photons: float | None = None
     row: int = 0
-    centre: float = 295.5
+    centre: float | None = None
     field: FieldConfig = dataclasses.field(default_factory=lambda: ct_field_config(DEFAULT_PRESET, 256))
     preset: str = DEFAULT_PRESET
     tv_weight: float = 3e-4
-    lr: float = 3e-2
+    lr: float | None = None
     lr_final_factor: float = 0.05
     loss_filter: str = "ramp"
     samples_per_pixel: float = 2.0
     sart_iterations: int = 10
     seed: int = 0
+
+    def optimizer(self) -> OptimizerConfig:
+        """Instant-NGP's Adam for every parameter, learning rate decayed exponentially from
+        ``lr`` to ``lr * lr_final_factor`` over the budget."""
+        lr = self.lr if self.lr is not None else PRESET_LR.get(self.preset, 3e-2)
+        return instant_ngp(lr, ScheduleConfig(kind="exp", final_factor=self.lr_final_factor))
 
 
 # ----------------------------------------------------------------------------- problem setup
@@ -134,7 +157,8 @@ class CTTaskConfig(Config):
 class CTProblem:
     """Everything a fit needs: measured sinogram ``[views, N]`` in pixel units (scikit-image
     ``radon`` units), angles in degrees, the reference image (phantom or full-angle FBP) and
-    its data range, and the projector (sparse matrices, world units)."""
+    its data range, the projector (sparse matrices, world units) and the reconstruction disc
+    (on the problem's device), and the centre of rotation used (real data)."""
 
     sinogram: np.ndarray
     theta_deg: np.ndarray
@@ -145,9 +169,11 @@ class CTProblem:
     matrix_t: Tensor
     mask: Tensor  # [N, N] bool, the reconstruction disc
     setup_seconds: float
+    centre: float | None = None
+    centre_source: str | None = None
 
 
-def geometry(size: int, theta_deg: np.ndarray) -> tuple[Tensor, Tensor, tuple[float, float]]:
+def geometry(size: int, theta_deg: np.ndarray) -> tuple[Float[Tensor, "A N 2"], Float[Tensor, "A N 2"], tuple[float, float]]:
     """Parallel-beam rays of an ``N``-bin detector (one pixel per bin, centre on bin ``N // 2``)
     rotating about the centre of pixel ``(N // 2, N // 2)`` (scikit-image's convention):
     origins and directions ``[views, N, 2]`` and the centre."""
@@ -161,7 +187,7 @@ def geometry(size: int, theta_deg: np.ndarray) -> tuple[Tensor, Tensor, tuple[fl
 def projector(size: int, theta_deg: np.ndarray, image_size: int | None = None,
               samples_per_pixel: float = 2.0) -> tuple[Tensor, Tensor]:
     """Sparse projector of an ``image_size`` (default ``size``) square image onto the
-    ``size``-bin detector at ``theta_deg``: ``(A, A^T)``, world units, rays view-major."""
+    ``size``-bin detector at ``theta_deg``: ``(A, A^T)``, world units, rays view-major (CPU)."""
     m = image_size or size
     o, d, c = geometry(size, theta_deg)
     t0, t1 = li.chord_interval(o, d, radius=1.0, center=c)
@@ -171,7 +197,7 @@ def projector(size: int, theta_deg: np.ndarray, image_size: int | None = None,
     return a, li.transpose_csr(a)
 
 
-def simulate(image: np.ndarray, size: int, theta_deg: np.ndarray, samples_per_pixel: float = 2.0) -> Tensor:
+def simulate(image: np.ndarray, size: int, theta_deg: np.ndarray, samples_per_pixel: float = 2.0) -> Float[Tensor, " rays"]:
     """Line integrals ``[views * size]`` (world units) of an image of any resolution (bilinear
     interpolant, :func:`~fieldcraft.render.line_integrals.image_field`) along the rays of
     :func:`geometry`, by quadrature with ``samples_per_pixel`` samples per pixel of ``image``."""
@@ -182,85 +208,90 @@ def simulate(image: np.ndarray, size: int, theta_deg: np.ndarray, samples_per_pi
         return li.line_integrals(li.image_field(torch.from_numpy(image)), pts, w, chunk=1024).reshape(-1)
 
 
-def disc_mask(size: int) -> Tensor:
-    """Pixels inside the reconstruction circle of ``iradon(circle=True)``."""
-    idx = torch.arange(size) - size // 2
+def disc_mask(size: int, device: torch.device | str = "cpu") -> Bool[Tensor, "N N"]:
+    """Pixels inside the reconstruction circle of ``iradon(circle=True)`` (bool ``[N, N]``).
+
+    >>> disc_mask(4).int().tolist()
+    [[0, 0, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]]
+    """
+    idx = torch.arange(size, device=device) - size // 2
     return (idx[:, None] ** 2 + idx[None, :] ** 2) <= (size // 2) ** 2
 
 
-def _fbp(sino: np.ndarray, theta: np.ndarray, size: int) -> np.ndarray:
+def fbp(sino: np.ndarray, theta_deg: np.ndarray, size: int) -> np.ndarray:
+    """Filtered back-projection (``iradon``, ramp filter, ``circle=True``) of ``[views, N]``."""
     from skimage.transform import iradon
 
-    return iradon(sino.T, theta=theta, output_size=size, circle=True, filter_name="ramp").astype(np.float32)
+    return iradon(sino.T, theta=theta_deg, output_size=size, circle=True, filter_name="ramp").astype(np.float32)
 
 
-def _sart(sino: np.ndarray, theta: np.ndarray, iterations: int) -> np.ndarray:
+def sart(sino: np.ndarray, theta_deg: np.ndarray, iterations: int) -> np.ndarray:
+    """``iterations`` passes of ``iradon_sart``, each started from the previous image."""
     from skimage.transform import iradon_sart
 
-    s64, th = sino.T.astype(np.float64), np.asarray(theta, dtype=np.float64)
+    s64, th = sino.T.astype(np.float64), np.asarray(theta_deg, dtype=np.float64)
     image = None
     for _ in range(max(1, iterations)):
         image = iradon_sart(s64, theta=th, image=image)
     return image.astype(np.float32)
 
 
-def prepare(cfg: CTTaskConfig) -> CTProblem:
-    """Load or simulate the sinogram of ``cfg`` and build the projector."""
+def prepare(cfg: CTTaskConfig, device: torch.device | str = "cpu", centre: tuple[float, str] | None = None,
+            verbose: bool = True) -> CTProblem:
+    """Load or simulate the sinogram of ``cfg`` and build the projector on ``device``.
+
+    Real data: the centre of rotation is ``cfg.centre`` if set, else ``centre`` (a stored
+    ``(pixels, source)``, when resuming), else :func:`fieldcraft.data.ct.rotation_centre`;
+    with ``verbose`` the one used and where it came from is printed (one line, stderr)."""
     t0 = time.perf_counter()
     n = cfg.size
-    if cfg.views < 1:
-        raise FieldcraftError(f"--views must be >= 1, got {cfg.views}")
+    check(n >= 8, f"--size must be >= 8, got {n}")
+    check(cfg.views >= 1, f"--views must be >= 1, got {cfg.views}")
+    check(cfg.loss_filter in ("ramp", "none"), f"loss_filter must be 'ramp' or 'none', got {cfg.loss_filter!r}")
+    centre_px = centre_source = None
     if cfg.source == ctdata.PHANTOM_SOURCE:
+        check(cfg.centre is None, "--centre applies to real data (the phantom rotates about bin N // 2)")
         reference = ctdata.shepp_logan(n)
         hi = ctdata.shepp_logan(400)
         theta = np.arange(cfg.views) * (180.0 / cfg.views)
         world = simulate(hi, n, theta, samples_per_pixel=cfg.samples_per_pixel)
         if cfg.photons is not None:
-            if not cfg.photons > 0:
-                raise FieldcraftError(f"--noise must be a positive photon count, got {cfg.photons}")
+            check(cfg.photons > 0, f"--noise must be a positive photon count, got {cfg.photons}")
             gen = torch.Generator().manual_seed(cfg.seed)
             world = li.beer_lambert(world * PHANTOM_MU_PER_UNIT, cfg.photons, gen) / PHANTOM_MU_PER_UNIT
         sino = (world * (n / 2)).reshape(cfg.views, n).numpy()
         ref_name, data_range = "phantom", 1.0
     else:
-        if cfg.photons is not None:
-            raise FieldcraftError(f"{cfg.source}: --noise simulates photon noise on the phantom only (real data has its own)")
+        check(cfg.photons is None, f"{cfg.source}: --noise simulates photon noise on the phantom only "
+                                   "(real data has its own)")
         proj = ctdata.read_data_exchange(cfg.source)
-        full = ctdata.centre_sinogram(ctdata.log_sinogram(proj, cfg.row), cfg.centre, n)
+        log = ctdata.log_sinogram(proj, cfg.row)
+        if cfg.centre is not None:
+            centre_px, centre_source = float(cfg.centre), "given (--centre)"
+        elif centre is not None:
+            centre_px, centre_source = centre
+        else:
+            centre_px, centre_source = ctdata.rotation_centre(proj, log)
+        if verbose:
+            print(f"fieldcraft: centre of rotation {centre_px:.2f} px ({centre_source})", file=sys.stderr, flush=True)
+        full = ctdata.centre_sinogram(log, centre_px, n)
         keep = ctdata.select_views(full.shape[0], cfg.views)
-        reference = _fbp(full, proj.theta_deg, n)
+        reference = fbp(full, proj.theta_deg, n)
         sino, theta = full[keep], proj.theta_deg[keep]
         ref_name = f"FBP of all {full.shape[0]} angles"
         data_range = float(reference.max() - reference.min())
-    if not np.isfinite(sino).all():
-        raise FieldcraftError(f"{cfg.source}: the sinogram holds NaN or infinite values")
+    check(bool(np.isfinite(sino).all()), f"{cfg.source}: the sinogram holds NaN or infinite values")
     a, at = projector(n, theta, samples_per_pixel=cfg.samples_per_pixel)
     return CTProblem(sino.astype(np.float32), np.asarray(theta, dtype=np.float64), reference, ref_name, data_range,
-                     a, at, disc_mask(n), time.perf_counter() - t0)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def psnr(image: np.ndarray, reference: np.ndarray, data_range: float) -> float:
-    """``10 log10(R^2 / MSE)`` over all pixels (no clipping)."""
-    mse = float(np.mean((np.asarray(image, np.float64) - np.asarray(reference, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
-
-
-def ssim(image: np.ndarray, reference: np.ndarray, data_range: float) -> float:
-    """scikit-image ``structural_similarity`` (7x7 uniform window) with ``data_range``."""
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(np.asarray(reference, np.float64), np.asarray(image, np.float64),
-                                       data_range=data_range))
+                     a.to(device), at.to(device), disc_mask(n, device), time.perf_counter() - t0,
+                     centre_px, centre_source)
 
 
 def baselines(problem: CTProblem, sart_iterations: int) -> dict[str, dict[str, Any]]:
-    """FBP and SART on the problem's views: images, PSNR, SSIM and seconds."""
+    """FBP and SART on the problem's views: ``{"fbp"|"sart": {image, psnr, ssim, seconds}}``."""
     out: dict[str, dict[str, Any]] = {}
-    for name, fn in (("fbp", lambda: _fbp(problem.sinogram, problem.theta_deg, problem.reference.shape[0])),
-                     ("sart", lambda: _sart(problem.sinogram, problem.theta_deg, sart_iterations))):
+    for name, fn in (("fbp", lambda: fbp(problem.sinogram, problem.theta_deg, problem.reference.shape[0])),
+                     ("sart", lambda: sart(problem.sinogram, problem.theta_deg, sart_iterations))):
         t0 = time.perf_counter()
         image = fn()
         out[name] = {"image": image, "seconds": time.perf_counter() - t0,
@@ -269,285 +300,190 @@ def baselines(problem: CTProblem, sart_iterations: int) -> dict[str, dict[str, A
     return out
 
 
-# ----------------------------------------------------------------------------- field on fixed points
+# ----------------------------------------------------------------------------- loss
 
 
-def grid_operator(layout: GridLayout, x: Tensor) -> Tensor:
-    """Sparse CSR ``[n * L, rows]`` matrix ``S`` with ``(S @ table).reshape(n, L * F)`` equal to the
-    grid encoding of the fixed points ``x`` ``[n, d]`` in ``[-1, 1]^d`` (same indexing and
-    multilinear weights as :func:`fieldcraft.encodings.grid.grid_encode_reference`)."""
-    u = ((x.double() + 1.0) * 0.5).clamp(0.0, 1.0)
-    n, levels = u.shape[0], layout.n_levels
-    corners = corner_offsets(layout.dim)
-    rows, cols, vals = [], [], []
-    for level, (res, size, hashed, off) in enumerate(
-        zip(layout.resolutions, layout.sizes, layout.hashed, layout.offsets)
-    ):
-        p = u * res
-        cell = torch.clamp(torch.floor(p), max=res - 1).to(torch.int64)
-        frac = p - cell
-        c = vertex_rows(cell[:, None, :] + corners[None], res, size, hashed) + off
-        w = torch.where(corners[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)
-        rows.append((torch.arange(n) * levels + level)[:, None].expand_as(c).reshape(-1))
-        cols.append(c.reshape(-1))
-        vals.append(w.reshape(-1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        s = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals).float(),
-                                    (n * levels, layout.n_rows))
-        return s.coalesce().to_sparse_csr()
-
-
-class FixedPointsField:
-    """``field(points)`` for fixed ``points`` ``[n, 2]``, with the encoding precomputed: a
-    grid encoding becomes a sparse matrix times its table, an encoding without parameters a
-    constant feature matrix; anything else is evaluated as is."""
-
-    def __init__(self, field: Field, points: Tensor) -> None:
-        self.field, self.points = field, points
-        enc = field.encoding
-        self.mode = "call"
-        if hasattr(enc, "layout") and hasattr(enc, "table"):
-            self.mode = "grid"
-            self.s = grid_operator(enc.layout, points)
-            self.s_t = li.transpose_csr(self.s)
-        elif not any(True for _ in enc.parameters()):
-            self.mode = "constant"
-            with torch.no_grad():
-                self.features = enc(points)
-
-    def __call__(self) -> Tensor:
-        if self.mode == "grid":
-            feats = li.sparse_matmul(self.s, self.field.encoding.table, self.s_t).reshape(self.points.shape[0], -1)
-            return self.field.network(feats)
-        if self.mode == "constant":
-            return self.field.network(self.features)
-        return self.field(self.points)
-
-
-def pixel_centres(size: int) -> Tensor:
-    """``[N, N, 2]`` (x, y) pixel centres in ``[-1, 1]`` (row-major, x = column)."""
-    c = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    return torch.stack([xx, yy], dim=-1)
-
-
-@torch.no_grad()
-def render(field: Field, size: int, value_scale: float, mask: Tensor | None = None) -> np.ndarray:
-    """The field's attenuation image ``[N, N]`` (per pixel), zero outside the disc."""
-    img = field(pixel_centres(size).reshape(-1, 2)).reshape(size, size) * value_scale
-    mask = disc_mask(size) if mask is None else mask
-    return (img * mask).numpy().astype(np.float32)
-
-
-def make_optimizer(field: Field, lr: float) -> torch.optim.Optimizer:
-    """The one place the optimiser is built (Adam; grid tables take eps=1e-15 as Instant-NGP)."""
-    return torch.optim.Adam(field.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
-
-
-def ramp_filter(residual: Tensor) -> Tensor:
-    """Filter ``[views, N]`` detector rows by ``sqrt(|omega| + 1/N)`` (omega in cycles per bin,
-    zero-padded to ``2N``), so that ``|filtered|^2`` has gradient ``A^T`` (ramp-filtered residual)."""
+def ramp_filter(residual: Float[Tensor, "views n"]) -> Float[Tensor, "views 2n"]:
+    """Filter detector rows by ``sqrt(|omega| + 1/N)`` (omega in cycles per bin, zero-padded
+    to ``2N``), so that ``|filtered|^2`` has gradient ``A^T`` (ramp-filtered residual)."""
     n = residual.shape[-1]
     spec = torch.fft.rfft(residual, n=2 * n, dim=-1)
-    w = torch.sqrt(torch.fft.rfftfreq(2 * n).abs() + 1.0 / n).to(residual.dtype)
+    w = torch.sqrt(torch.fft.rfftfreq(2 * n, device=residual.device).abs() + 1.0 / n).to(residual.dtype)
     return torch.fft.irfft(spec * w, n=2 * n, dim=-1)
 
 
-def total_variation(image: Tensor) -> Tensor:
-    """Anisotropic TV: mean over pixels of ``|I[i+1,j] - I[i,j]| + |I[i,j+1] - I[i,j]|``."""
+def total_variation(image: Float[Tensor, "h w"]) -> Float[Tensor, ""]:
+    """Anisotropic TV: mean over pixels of ``|I[i+1,j] - I[i,j]| + |I[i,j+1] - I[i,j]|``.
+
+    >>> total_variation(torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    tensor(1.)
+    """
     return (image[1:] - image[:-1]).abs().mean() + (image[:, 1:] - image[:, :-1]).abs().mean()
+
+
+class SinogramResidual(Objective):
+    """Loss of a CT fit: the field's image ``[N, N]`` (its values at the pixel centres inside
+    the disc, zero outside) projected by ``matrix``, minus the measured sinogram ``target``
+    (``[views * N]``, world units / ``value_scale``), optionally :func:`ramp_filter`-ed per view,
+    squared and averaged, + ``tv_weight`` x :func:`total_variation` of the image. Scalars:
+    ``loss`` and ``data`` (the residual term)."""
+
+    def __init__(self, field: Field, problem: CTProblem, target: Float[Tensor, " rays"], loss_filter: str,
+                 tv_weight: float) -> None:
+        self.size = problem.mask.shape[0]
+        self.inside = problem.mask.reshape(-1).nonzero()[:, 0]
+        points = pixel_centres(self.size, self.size, problem.mask.device)[self.inside]
+        self.fixed = FixedPointsField(field, points)
+        self.matrix, self.matrix_t, self.target = problem.matrix, problem.matrix_t, target
+        self.n_views = len(problem.theta_deg)
+        self.loss_filter, self.tv_weight = loss_filter, tv_weight
+        self.generators = {}
+
+    def image(self, model: Field) -> Float[Tensor, "N N"]:
+        """``model``'s values on the pixel grid, zero outside the disc."""
+        values = self.fixed(model).reshape(-1)
+        flat = torch.zeros(self.size * self.size, dtype=values.dtype, device=values.device)
+        return flat.index_put((self.inside,), values).reshape(self.size, self.size)
+
+    def loss(self, model: Field, step: int) -> tuple[Tensor, dict[str, float]]:
+        img = self.image(model)
+        residual = li.project(img, self.matrix, self.matrix_t) - self.target
+        if self.loss_filter == "ramp":
+            residual = ramp_filter(residual.reshape(self.n_views, self.size))
+        data = residual.square().mean()
+        loss = data + self.tv_weight * total_variation(img) if self.tv_weight > 0 else data
+        return loss, {"data": float(data.detach())}
 
 
 # ----------------------------------------------------------------------------- fit
 
 
-@dataclasses.dataclass
-class FitResult:
-    image: np.ndarray
-    metrics: dict[str, Any]
-    history: Any
+@torch.no_grad()
+def render(field: Field, size: int, value_scale: float) -> np.ndarray:
+    """The field's attenuation image ``[N, N]`` (per pixel), zero outside the disc: float32 on the CPU."""
+    device = next(field.parameters()).device
+    img = render_grid(field, size, size, device=device)[..., 0] * value_scale
+    return (img * disc_mask(size, device)).float().cpu().numpy()
 
 
-def fit(cfg: CTTaskConfig, out_dir: str | Path, steps: int | None = None, seconds: float | None = None,
-        resume: bool = False, progress: bool = True, write_outputs: bool = True) -> FitResult:
-    """Fit the field of ``cfg`` on a step/time budget, write the outputs to ``out_dir`` and
-    return the reconstruction and metrics (see module docstring)."""
-    from fieldcraft.io.checkpoint import (
-        load_checkpoint,
-        load_module_tensors,
-        load_optimizer_tensors,
-        module_tensors,
-        optimizer_tensors,
-        save_checkpoint,
-    )
-    from fieldcraft.train import Budget, History, run_loop
+def fit_ct(config: CTTaskConfig, out: str | Path, budget: Budget | None = None, *, resume: bool = False,
+           progress: bool = True, device: str | None = None, given: tuple[str, ...] = (), overwrite: bool = False,
+           checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+    """Fit the field of ``config`` and write checkpoint, reconstruction.png (16-bit),
+    reconstruction.npy, comparison.png, psnr_vs_time.png, metrics.json and history.jsonl to
+    ``out``. Returns the metrics (``stopped`` names the signal that ended the run early).
 
-    out = Path(out_dir)
-    budget = Budget(steps=steps, seconds=seconds)
-    start_step, start_seconds, history = 0, 0.0, History()
-    ckpt = None
-    if resume:
-        tensors, meta = load_checkpoint(out)
-        if meta.get("task") != "ct":
-            raise FieldcraftError(f"{out}: checkpoint is for task {meta.get('task')!r}, not 'ct'")
-        cfg = Config.from_dict(meta["config"])  # type: ignore[assignment]
-        start_step, start_seconds = int(meta["step"]), float(meta["seconds"])
-        history = History.from_dict(meta.get("history", {}))
-        ckpt = (tensors, meta)
+    ``budget`` None: 60 s of fitting time, or the stored budget when resuming."""
+    from fieldcraft.runtime import default_device
 
-    torch.manual_seed(cfg.seed)
-    problem = prepare(cfg)
+    run = Run.open(out, TASK, config, resume=resume, given=given, budget=budget, default_budget=Budget(seconds=60.0),
+                   device=device or default_device(), overwrite=overwrite)
+    cfg: CTTaskConfig = run.config  # type: ignore[assignment]
+    stored = run.meta.get("centre_of_rotation") if run.resumed else None
+    problem = prepare(cfg, run.device, centre=(stored, run.meta.get("centre_source")) if stored is not None else None)
     base = baselines(problem, cfg.sart_iterations)
     n = cfg.size
-    value_scale = float(np.percentile(base["fbp"]["image"], 99.5)) if ckpt is None else float(ckpt[1]["value_scale"])
-    if not value_scale > 0:
-        raise FieldcraftError(f"{cfg.source}: the FBP of the sinogram is not positive anywhere; is it -ln(I/I0)?")
-    field = cfg.field.build()
-    optimizer = make_optimizer(field, cfg.lr)
-    if ckpt is not None:
-        load_module_tensors(field, ckpt[0], "field")
-        load_optimizer_tensors(optimizer, ckpt[0], ckpt[1]["optimizer"])
+    value_scale = float(run.meta["value_scale"]) if run.resumed else float(np.percentile(base["fbp"]["image"], 99.5))
+    check(value_scale > 0, f"{cfg.source}: the FBP of the sinogram is not positive anywhere; is it -ln(I/I0)?")
+    torch.manual_seed(cfg.seed)
+    field = cfg.field.build().to(run.device)
+    target = torch.from_numpy(problem.sinogram).reshape(-1).to(run.device) / (n / 2) / value_scale
+    objective = SinogramResidual(field, problem, target, cfg.loss_filter, cfg.tv_weight)
 
-    mask = problem.mask
-    inside = mask.reshape(-1).nonzero()[:, 0]
-    pts = pixel_centres(n).reshape(-1, 2)[inside]
-    evaluator = FixedPointsField(field, pts)
-    target = torch.from_numpy(problem.sinogram).reshape(-1) / (n / 2) / value_scale
-
-    def image_of(values: Tensor) -> Tensor:
-        return torch.zeros(n * n, dtype=values.dtype).index_put((inside,), values.reshape(-1)).reshape(n, n)
-
-    n_views = len(problem.theta_deg)
-    if cfg.loss_filter not in ("ramp", "none"):
-        raise FieldcraftError(f"loss_filter must be 'ramp' or 'none', got {cfg.loss_filter!r}")
-    state = {"seconds": start_seconds}
-    horizon_steps, horizon_seconds = budget.steps, budget.seconds
-
-    def step(i: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        if horizon_seconds is not None:
-            frac = state["seconds"] / max(horizon_seconds, 1e-9)
-        else:
-            frac = i / max(horizon_steps or 1, 1)
-        for group in optimizer.param_groups:
-            group["lr"] = group.setdefault("base_lr", group["lr"]) * cfg.lr_final_factor ** min(frac, 1.0)
-        img = image_of(evaluator())
-        residual = li.project(img, problem.matrix, problem.matrix_t) - target
-        if cfg.loss_filter == "ramp":
-            residual = ramp_filter(residual.reshape(n_views, n))
-        data = residual.square().mean()
-        loss = data + cfg.tv_weight * total_variation(img) if cfg.tv_weight > 0 else data
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state["seconds"] += time.perf_counter() - t0
-        return {"loss": loss.item(), "data": data.item()}
-
-    def evaluate(i: int) -> dict[str, float]:
-        image = render(field, n, value_scale, mask)
+    def evaluate(step: int) -> dict[str, float]:
+        with torch.no_grad():
+            image = (objective.image(field) * value_scale).cpu().numpy()
         return {"psnr": psnr(image, problem.reference, problem.data_range)}
 
-    def checkpoint(i: int, fit_seconds: float, hist: History) -> None:
-        if not write_outputs:
-            return
-        tensors = module_tensors(field, "field")
-        opt_tensors, opt_meta = optimizer_tensors(optimizer)
-        tensors.update(opt_tensors)
-        save_checkpoint(out, tensors, {"task": "ct", "config": cfg.to_dict(), "step": i, "seconds": fit_seconds,
-                                       "seed": cfg.seed, "value_scale": value_scale, "optimizer": opt_meta,
-                                       "history": hist.to_dict()})
-
-    steps_done, fit_seconds, history = run_loop(
-        step, budget, start_step=start_step, start_seconds=start_seconds, history=history,
-        evaluate=evaluate, evaluate_every_seconds=max(0.5, (seconds or 20.0) / 60.0), checkpoint=checkpoint,
-        checkpoint_seconds=60.0, description="fit ct", progress=progress)
-
-    image = render(field, n, value_scale, mask)
-    metrics = {
-        "source": cfg.source, "size": n, "views": len(problem.theta_deg), "photons": cfg.photons,
-        "preset": cfg.preset, "reference": problem.reference_name, "data_range": problem.data_range,
-        "psnr_definition": "10 log10(data_range^2 / MSE) over the full N x N image, unclipped values",
-        "ssim_definition": "skimage.metrics.structural_similarity(reference, image, data_range=data_range)",
-        "field": {"psnr": psnr(image, problem.reference, problem.data_range),
-                  "ssim": ssim(image, problem.reference, problem.data_range),
-                  "seconds": fit_seconds, "steps": steps_done},
-        "fbp": {k: v for k, v in base["fbp"].items() if k != "image"},
-        "sart": {k: v for k, v in base["sart"].items() if k != "image"} | {"iterations": cfg.sart_iterations},
-        "setup_seconds": problem.setup_seconds, "value_scale": value_scale, "tv_weight": cfg.tv_weight,
+    meta = {"value_scale": value_scale, "centre_of_rotation": problem.centre, "centre_source": problem.centre_source}
+    trainer = run.trainer(field, objective, cfg.optimizer(), meta=meta, checkpoint_seconds=checkpoint_seconds,
+                          evaluate=evaluate, evaluate_every_seconds=max(0.5, (run.budget.seconds or 20.0) / 60.0),
+                          description=f"fit ct [{cfg.preset}]", progress=progress)
+    outcome = trainer.run()
+    field.eval()
+    image = render(field, n, value_scale)
+    metrics: dict[str, Any] = {
+        "source": cfg.source, "size": n, "views": len(problem.theta_deg), "photons": cfg.photons, "preset": cfg.preset,
+        "reference": problem.reference_name, "data_range": problem.data_range,
+        "centre_of_rotation": problem.centre, "centre_source": problem.centre_source,
+        "psnr": psnr(image, problem.reference, problem.data_range),
+        "ssim": ssim(image, problem.reference, problem.data_range),
+        "steps": outcome.step, "fit_seconds": outcome.seconds,
+        "steps_per_second": outcome.step / outcome.seconds if outcome.seconds > 0 else None,
+        "fbp_psnr": base["fbp"]["psnr"], "fbp_ssim": base["fbp"]["ssim"], "fbp_seconds": base["fbp"]["seconds"],
+        "sart_psnr": base["sart"]["psnr"], "sart_ssim": base["sart"]["ssim"], "sart_seconds": base["sart"]["seconds"],
+        "sart_iterations": cfg.sart_iterations, "setup_seconds": problem.setup_seconds, "value_scale": value_scale,
+        "tv_weight": cfg.tv_weight, "device": str(run.device), "stopped": outcome.stopped,
+        "headline": "psnr / ssim = the field's reconstruction; fbp_* and sart_* = the baselines on the same views",
+        "psnr_definition": f"{PSNR_DEFINITION}; over the full N x N image, unclipped, against the {problem.reference_name}",
+        "ssim_definition": SSIM_DEFINITION,
     }
-    if write_outputs:
-        write_outputs_to(out, image, problem, base, metrics, history)
-    return FitResult(image, metrics, history)
+    write_outputs(run.out, image, problem, base, metrics, outcome.history)
+    return metrics
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_png16(path: Path, image: np.ndarray, vmax: float) -> None:
-    """``image / vmax`` clipped to [0, 1] as a 16-bit grayscale PNG."""
-    import imageio.v3 as iio
-
-    from fieldcraft.io.checkpoint import atomic_write_bytes
-
-    data = np.round(np.clip(image / vmax, 0.0, 1.0) * 65535).astype(np.uint16)
-    atomic_write_bytes(path, iio.imwrite("<bytes>", data, extension=".png"))
-
-
-def write_outputs_to(out: Path, image: np.ndarray, problem: CTProblem, base: dict, metrics: dict, history) -> None:
+def write_outputs(out: Path, image: np.ndarray, problem: CTProblem, base: dict, metrics: dict, history: History) -> None:
+    """reconstruction.png / .npy, metrics.json, comparison.png and psnr_vs_time.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fieldcraft.io.checkpoint import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
     vmax = float(problem.reference.max()) if problem.reference.max() > 0 else 1.0
     metrics["png_scale"] = f"reconstruction.png value 65535 = attenuation {vmax:.6g} per pixel"
-    write_png16(out / "reconstruction.png", image, vmax)
+    write_png(out / "reconstruction.png", image / vmax, bits=16)
     buf = io.BytesIO()
     np.save(buf, image)
     atomic_write_bytes(out / "reconstruction.npy", buf.getvalue())
-    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    write_json(out / "metrics.json", metrics)
 
     k = metrics["views"]
-    panels = [(problem.reference, "phantom" if problem.reference_name == "phantom" else problem.reference_name),
-              (base["fbp"]["image"], f"FBP, {k} views: {metrics['fbp']['psnr']:.2f} dB"),
-              (base["sart"]["image"], f"SART, {k} views: {metrics['sart']['psnr']:.2f} dB"),
-              (image, f"field ({metrics['preset']}), {k} views: {metrics['field']['psnr']:.2f} dB")]
+    panels = [(problem.reference, problem.reference_name),
+              (base["fbp"]["image"], f"FBP, {k} views: {metrics['fbp_psnr']:.2f} dB"),
+              (base["sart"]["image"], f"SART, {k} views: {metrics['sart_psnr']:.2f} dB"),
+              (image, f"field ({metrics['preset']}), {k} views: {metrics['psnr']:.2f} dB")]
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
     for ax, (img, title) in zip(axes, panels):
         ax.imshow(img, cmap="gray", vmin=0.0, vmax=vmax)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=100)
-    plt.close(fig)
+    _save_figure(fig, out / "comparison.png")
 
-    secs = [s for s, v in zip(history.seconds, history.values) if "psnr" in v]
-    vals = [v["psnr"] for v in history.values if "psnr" in v]
+    secs = [s for s, v in zip(history.seconds, history.values) if math.isfinite(v.get("psnr", math.nan))]
+    vals = [v["psnr"] for v in history.values if math.isfinite(v.get("psnr", math.nan))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(secs, vals, label="field")
-    ax.axhline(metrics["fbp"]["psnr"], color="C1", ls="--", label="FBP")
-    ax.axhline(metrics["sart"]["psnr"], color="C2", ls=":", label=f"SART ({metrics['sart']['iterations']} it.)")
+    ax.axhline(metrics["fbp_psnr"], color="C1", ls="--", label="FBP")
+    ax.axhline(metrics["sart_psnr"], color="C2", ls=":", label=f"SART ({metrics['sart_iterations']} it.)")
     ax.set_xlabel("fitting time (s)")
     ax.set_ylabel(f"PSNR vs {problem.reference_name} (dB)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "psnr_vs_time.png", dpi=100)
+    _save_figure(fig, out / "psnr_vs_time.png")
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
-def load_fitted(directory: str | Path) -> tuple[Field, CTTaskConfig, float]:
-    """Field, task config and value scale from a CT checkpoint directory."""
-    from fieldcraft.io.checkpoint import load_checkpoint, load_module_tensors
+def load_fitted(directory: str | Path, device: str | None = None) -> tuple[Field, CTTaskConfig, float]:
+    """Field (on ``device``), task config and value scale of a ``fit ct`` output directory."""
+    from fieldcraft.runtime import default_device
 
-    tensors, meta = load_checkpoint(Path(directory))
-    if meta.get("task") != "ct":
-        raise FieldcraftError(f"{directory}: checkpoint is for task {meta.get('task')!r}, not 'ct'")
+    tensors, meta = load_checkpoint(Path(directory), device=device or default_device())
+    check(meta.get("task") == TASK, f"{directory}: checkpoint is for task {meta.get('task')!r}, not 'ct'")
     cfg = Config.from_dict(meta["config"])
-    field = cfg.field.build()  # type: ignore[attr-defined]
-    load_module_tensors(field, tensors, "field")
+    check(isinstance(cfg, CTTaskConfig), f"{directory}: the checkpoint's config is not a CT task config")
+    field = build_loaded(cfg.field.build, tensors, "field")  # type: ignore[attr-defined]
+    field.eval()
     return field, cfg, float(meta["value_scale"])  # type: ignore[return-value]

@@ -1,9 +1,11 @@
 """Shapes as fields: signed distance (SIREN eikonal or DeepSDF regression), occupancy (BCE)
 and a DeepSDF auto-decoder over K shapes.
 
-Everything runs in the shape's normalised coordinates (:mod:`fieldcraft.geometry.mesh`,
-bounding box into ``[-(1 - margin), 1 - margin]^3``); the :class:`Normalisation` is stored in
-the checkpoint so exports go back to input coordinates.
+Task = samples of a shape (drawn once) + field + loss; the training core
+(:mod:`fieldcraft.train`) does the rest. Everything runs in the shape's normalised coordinates
+(:mod:`fieldcraft.geometry.mesh`, bounding box into ``[-(1 - margin), 1 - margin]^3``); the
+:class:`~fieldcraft.geometry.mesh.Normalisation` is stored in the checkpoint so exports go back
+to input coordinates (:mod:`fieldcraft.geometry.shape_field`).
 
 Losses (``f`` the field, ``x_s`` surface points with normals ``n``, ``x_o`` off-surface points,
 ``s`` exact signed distances, negative inside):
@@ -20,16 +22,18 @@ Losses (``f`` the field, ``x_s`` surface points with normals ``n``, ``x_o`` off-
 - ``occupancy`` (Occupancy Networks): binary cross-entropy between ``sigmoid(f(x))`` and
   ``[s < 0]``; the surface is ``f = 0`` (probability 1/2).
 
-Samples are drawn once before fitting (:func:`make_samples`), on the GPU-free path: BVH exact
-distances and winding-number signs (:mod:`fieldcraft.geometry`).
+Samples are drawn once per run from the seed (:func:`make_samples`: BVH exact distances and
+winding-number signs, :mod:`fieldcraft.geometry`, on the CPU), then moved to the run's device;
+a resumed run draws the same samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,10 +48,17 @@ from fieldcraft.fields import Field, FieldConfig
 from fieldcraft.geometry.bvh import build_bvh, closest_points, winding_numbers
 from fieldcraft.geometry.mesh import Normalisation, Shape, normalise
 from fieldcraft.geometry.sampling import near_surface_samples, surface_samples, uniform_samples
+from fieldcraft.geometry.shape_field import SHAPE_TASK, export_shape_mesh, field_function, load_shape_module
+from fieldcraft.geometry.surface import SHAPE_LOSSES, extract_surface, mise_base
+from fieldcraft.io.records import write_json
 from fieldcraft.networks import MLPConfig
-from fieldcraft.tasks.shape_export import TASK_NAME, export_shape_mesh, extract_surface
+from fieldcraft.train import Budget, Objective, OptimizerConfig, Run, ScheduleConfig
 
-LOSSES = ("regression", "eikonal", "occupancy")
+TASK = SHAPE_TASK  # "sdf": 'fit sdf' and 'fit occupancy' (checkpoint prefix "field")
+AUTODECODER_TASK = "autodecoder"  # checkpoint prefix "model"
+LOSSES = SHAPE_LOSSES  # regression, eikonal, occupancy
+GRADIENTS = ("analytic", "numerical")
+DEFAULT_BUDGET = Budget(seconds=120.0)
 
 
 def sdf_field_config(kind: str = "hash") -> FieldConfig:
@@ -68,7 +79,7 @@ def sdf_field_config(kind: str = "hash") -> FieldConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SDFTaskConfig(Config):
-    """Fields:
+    """Everything that defines a shape fit (saved in the checkpoint). Fields:
 
     - ``loss``: ``regression`` | ``eikonal`` | ``occupancy`` (see module docstring).
     - ``field``: the field (3 -> 1).
@@ -110,10 +121,26 @@ class SDFTaskConfig(Config):
     gradient_eps: float = 2e-3
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check(self.loss in LOSSES, f"unknown loss {self.loss!r} (use {'|'.join(LOSSES)})")
+        check(self.field.in_dim == 3 and self.field.out_dim == 1, "shape fields map 3 -> 1")
+        check(self.gradient in GRADIENTS, f"unknown gradient {self.gradient!r} (use {'|'.join(GRADIENTS)})")
+        check(self.gradient_eps > 0, f"gradient_eps must be positive, got {self.gradient_eps}")
+        check(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
+
+    def optimizer(self) -> OptimizerConfig:
+        """Adam at ``lr``, cosine decay to ``lr * lr_decay_to`` over the budget (steps or seconds).
+
+        >>> s = SDFTaskConfig().optimizer().schedule
+        >>> s.factor(step=0, progress=0.0), round(s.factor(step=50, progress=0.5), 6), s.factor(step=99, progress=1.0)
+        (1.0, 0.55, 0.1)
+        """
+        return OptimizerConfig(lr=self.lr, schedule=ScheduleConfig(kind="cosine", final_factor=self.lr_decay_to))
+
 
 def default_task_config(loss: str) -> SDFTaskConfig:
     """Defaults per loss: the eikonal fit uses smaller batches (its double backward runs the
-    PyTorch reference grid) and a lower learning rate."""
+    PyTorch reference grid) and a lower learning rate, and needs no distance samples."""
     check(loss in LOSSES, f"unknown loss {loss!r} (use {'|'.join(LOSSES)})")
     if loss == "eikonal":
         return SDFTaskConfig(loss=loss, batch_size=2048, lr=5e-3, n_uniform=0, near_sigmas=())
@@ -122,21 +149,28 @@ def default_task_config(loss: str) -> SDFTaskConfig:
 
 @dataclasses.dataclass
 class Samples:
-    """Training samples in normalised coordinates (float32 tensors).
+    """Training samples in normalised coordinates (float32 tensors on one device).
 
     ``points [n, 3]`` with ``sdf [n]`` (signed distances, negative inside; NaN when unknown)
     and ``surface [m, 3]`` with ``normals [m, 3]``. ``seconds``: time spent sampling.
     """
 
-    points: Tensor
-    sdf: Tensor
-    surface: Tensor
-    normals: Tensor
+    points: Float[Tensor, "n 3"]
+    sdf: Float[Tensor, " n"]
+    surface: Float[Tensor, "m 3"]
+    normals: Float[Tensor, "m 3"]
     seconds: float = 0.0
+
+    def to(self, device: str | torch.device) -> Samples:
+        return Samples(self.points.to(device), self.sdf.to(device), self.surface.to(device), self.normals.to(device),
+                       self.seconds)
+
+    def __len__(self) -> int:
+        return len(self.points) + len(self.surface)
 
 
 def make_samples(shape: Shape, config: SDFTaskConfig, need_sdf: bool = True) -> Samples:
-    """Draw the training samples of a normalised shape once.
+    """Draw the training samples of a normalised shape once, from ``config.seed`` (on the CPU).
 
     Meshes: surface samples by area with face normals; near-surface and uniform points get exact
     signed distances (BVH closest point, winding-number sign). Oriented point clouds: surface =
@@ -240,87 +274,31 @@ def occupancy_loss(logits: Tensor, sdf: Tensor) -> Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, (sdf < 0).to(logits.dtype))
 
 
-class SDFTrainer:
-    """Fits one field to one shape's samples; ``step(i)`` is one Adam step (for ``run_loop``)."""
+class SDFObjective(Objective):
+    """One shape's loss (``config.loss``) on random batches of its :class:`Samples` (which live on
+    the run's device); batch indices and eikonal off-surface points come from the registered
+    ``batches`` generator (CPU, seeded ``seed + 1``), so a resumed run draws the same batches."""
 
-    def __init__(self, config: SDFTaskConfig, samples: Samples, field: Field | None = None,
-                 total_steps: int | None = None, total_seconds: float | None = None) -> None:
-        from fieldcraft.train.optimizers import build_optimizer
-
-        check(config.loss in LOSSES, f"unknown loss {config.loss!r} (use {'|'.join(LOSSES)})")
-        check(config.field.in_dim == 3 and config.field.out_dim == 1, "shape fields map 3 -> 1")
-        check(config.gradient in GRADIENTS, f"unknown gradient {config.gradient!r} (use {'|'.join(GRADIENTS)})")
-        check(config.gradient_eps > 0, f"gradient_eps must be positive, got {config.gradient_eps}")
+    def __init__(self, config: SDFTaskConfig, samples: Samples) -> None:
+        if config.loss == "eikonal":
+            check(len(samples.surface) > 0, "the eikonal loss needs surface samples")
+        else:
+            check(len(samples.points) > 0 and bool(torch.isfinite(samples.sdf).all()),
+                  "regression/occupancy need signed distances of all samples")
         self.config, self.samples = config, samples
-        torch.manual_seed(config.seed)
-        self.field = field if field is not None else config.field.build()
-        self.optimizer = build_optimizer(self.field, config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.total_steps, self.total_seconds = total_steps, total_seconds
-        self.elapsed = 0.0
-        if config.loss != "eikonal":
-            check(bool(torch.isfinite(samples.sdf).all()), "regression/occupancy need signed distances of all samples")
-        self.warm_up()
+        self.generators = {"batches": torch.Generator(device="cpu").manual_seed(config.seed + 1)}
 
-    def warm_up(self) -> None:
-        """One forward/backward on a few points without an update, so just-in-time kernel
-        compilation (numba) happens before the timed fitting loop, not inside its first step."""
-        x = self.samples.surface[:64]
-        if self.config.loss == "eikonal":
-            eikonal_loss(self.field, x, self.samples.normals[:64], x, self.config)[0].backward()
-        else:
-            self.field(x).sum().backward()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def learning_rate(self, step: int) -> float:
-        """Cosine decay from ``lr`` to ``lr * lr_decay_to`` over the budget (steps or seconds)."""
-        c = self.config
-        if self.total_steps:
-            progress = step / self.total_steps
-        elif self.total_seconds:
-            progress = self.elapsed / self.total_seconds
-        else:
-            return c.lr
-        progress = min(max(progress, 0.0), 1.0)
-        return c.lr * (c.lr_decay_to + (1 - c.lr_decay_to) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    def step(self, i: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        c, s = self.config, self.samples
-        lr = self.learning_rate(i)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        b = c.batch_size
+    def loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, float]]:
+        c, s, gen = self.config, self.samples, self.generators["batches"]
+        b, device = c.batch_size, s.surface.device
         if c.loss == "eikonal":
-            js = torch.randint(len(s.surface), (b,), generator=self.generator)
-            off = torch.rand(b, 3, generator=self.generator) * 2 - 1
-            loss, extra = eikonal_loss(self.field, s.surface[js], s.normals[js], off, c)
-        else:
-            j = torch.randint(len(s.points), (b,), generator=self.generator)
-            pred = self.field(s.points[j]).reshape(-1)
-            loss = regression_loss(pred, s.sdf[j], c.clamp) if c.loss == "regression" else occupancy_loss(pred, s.sdf[j])
-            extra = {}
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.elapsed += time.perf_counter() - t0
-        return {"loss": float(loss.detach()), "lr": lr, **extra}
-
-
-def field_function(field: nn.Module, chunk: int = 262_144, latent: Tensor | None = None
-                   ) -> Callable[[np.ndarray], np.ndarray]:
-    """The field as a numpy function of normalised points (no autograd, float32, chunked)."""
-
-    def fn(points: np.ndarray) -> np.ndarray:
-        out = np.empty(len(points), np.float32)
-        with torch.no_grad():
-            for s in range(0, len(points), chunk):
-                x = torch.from_numpy(np.ascontiguousarray(points[s:s + chunk], dtype=np.float32))
-                y = field(x) if latent is None else field(x, latent.expand(len(x), -1))
-                out[s:s + chunk] = y.reshape(-1).numpy()
-        return out
-
-    return fn
+            js = torch.randint(len(s.surface), (b,), generator=gen).to(device)
+            off = (torch.rand(b, 3, generator=gen) * 2 - 1).to(device)
+            return eikonal_loss(model, s.surface[js], s.normals[js], off, c)
+        j = torch.randint(len(s.points), (b,), generator=gen).to(device)
+        pred = model(s.points[j]).reshape(-1)
+        loss = regression_loss(pred, s.sdf[j], c.clamp) if c.loss == "regression" else occupancy_loss(pred, s.sdf[j])
+        return loss, {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,14 +307,15 @@ def field_function(field: nn.Module, chunk: int = 262_144, latent: Tensor | None
 
 @dataclasses.dataclass(frozen=True)
 class AutoDecoderConfig(Config):
-    """Fields:
+    """Everything that defines an auto-decoder fit (saved in the checkpoint). Fields:
 
     - ``latent_dim``: size of each shape's code (DeepSDF: 256).
     - ``latent_init_std``: codes start ``N(0, std^2)`` (DeepSDF: 0.01).
     - ``latent_reg``: weight of ``mean ||z||^2`` (DeepSDF: 1e-4, from a N(0, 0.01^2) prior).
     - ``encoding``: positional encoding of the points (concatenated with the code).
     - ``network``: decoder MLP ((encoding + latent) -> 1).
-    - ``task``: sampling, clamping, learning rate, batch size (its ``loss`` must be ``regression``).
+    - ``task``: sampling, clamping, learning rate, batch size, seed (its ``loss`` must be
+      ``regression``; the learning rate is constant, ``lr_decay_to`` is not used).
     """
 
     type_name = "AutoDecoder"
@@ -348,9 +327,16 @@ class AutoDecoderConfig(Config):
     task: SDFTaskConfig = dataclasses.field(default_factory=lambda: SDFTaskConfig(
         n_surface=50_000, n_uniform=20_000, batch_size=8192, lr=2e-3, lr_decay_to=0.2))
 
+    def __post_init__(self) -> None:
+        check(self.task.loss == "regression", "the auto-decoder uses the regression loss")
+
+    def optimizer(self) -> OptimizerConfig:
+        """Adam at ``task.lr``, constant."""
+        return OptimizerConfig(lr=self.task.lr)
+
 
 class AutoDecoder(nn.Module):
-    """``f(x, z) = MLP([encoding(x), z])`` with a table of ``K`` latent codes."""
+    """``f(x, z) = MLP([encoding(x), z])`` with a table of ``K`` latent codes ``latents [K, D]``."""
 
     def __init__(self, config: AutoDecoderConfig, n_shapes: int) -> None:
         super().__init__()
@@ -363,40 +349,38 @@ class AutoDecoder(nn.Module):
         return self.network(torch.cat([self.encoding(x), z], dim=-1))
 
 
-class AutoDecoderTrainer:
-    """Joint optimisation of the decoder and the K codes (DeepSDF eq. 9)."""
+class AutoDecoderObjective(Objective):
+    """Joint optimisation of the decoder and the K codes (DeepSDF eq. 9): the regression loss
+    on ``batch_size / K`` samples of every shape plus ``latent_reg * mean_k ||z_k||^2``."""
 
     def __init__(self, config: AutoDecoderConfig, samples: list[Samples]) -> None:
         check(len(samples) >= 1, "the auto-decoder needs at least one shape")
         self.config, self.samples = config, samples
-        torch.manual_seed(config.task.seed)
-        self.model = AutoDecoder(config, len(samples))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.task.lr)
-        self.generator = torch.Generator().manual_seed(config.task.seed + 1)
+        self.generators = {"batches": torch.Generator(device="cpu").manual_seed(config.task.seed + 1)}
 
-    def step(self, i: int) -> dict[str, float]:
-        c = self.config.task
+    def loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, float]]:
+        c, gen = self.config.task, self.generators["batches"]
         per = max(1, c.batch_size // len(self.samples))
-        xs, ss, ks = [], [], []
-        for k, s in enumerate(self.samples):
-            j = torch.randint(len(s.points), (per,), generator=self.generator)
+        device = self.samples[0].points.device
+        xs, ss = [], []
+        for s in self.samples:
+            j = torch.randint(len(s.points), (per,), generator=gen).to(device)
             xs.append(s.points[j])
             ss.append(s.sdf[j])
-            ks.append(torch.full((per,), k))
-        k = torch.cat(ks)
-        z = self.model.latents[k]
-        pred = self.model(torch.cat(xs), z).reshape(-1)
+        k = torch.arange(len(self.samples), device=device).repeat_interleave(per)
+        pred = model(torch.cat(xs), model.latents[k]).reshape(-1)
         data = regression_loss(pred, torch.cat(ss), c.clamp)
-        reg = self.model.latents.square().sum(-1).mean()
-        loss = data + self.config.latent_reg * reg
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(data.detach()), "latent_norm": float(reg.detach().sqrt())}
+        reg = model.latents.square().sum(-1).mean()
+        return data + self.config.latent_reg * reg, {"data": float(data.detach()),
+                                                      "latent_norm": float(reg.detach().sqrt())}
 
 
-def interpolate_latents(za: Tensor, zb: Tensor, n: int) -> list[Tensor]:
-    """``n`` codes ``(1 - t) za + t zb`` for ``t = 0, 1/(n-1), ..., 1``."""
+def interpolate_latents(za: Float[Tensor, " D"], zb: Float[Tensor, " D"], n: int) -> list[Tensor]:
+    """``n`` codes ``(1 - t) za + t zb`` for ``t = 0, 1/(n-1), ..., 1``.
+
+    >>> [z.tolist() for z in interpolate_latents(torch.zeros(1), torch.ones(1), 3)]
+    [[0.0], [0.5], [1.0]]
+    """
     return [torch.lerp(za, zb, t) for t in np.linspace(0.0, 1.0, n).tolist()]
 
 
@@ -406,168 +390,183 @@ def prepare_shape(shape: Shape, config: SDFTaskConfig) -> tuple[Shape, Normalisa
 
 
 # --------------------------------------------------------------------------------------------
-# pipeline: fit -> checkpoint -> mesh / renders / metrics
+# checkpoints -> fields, meshes, renders
 
 
-def _save(out, trainer: SDFTrainer, norm: Normalisation, step: int, seconds: float, history, extra: dict) -> None:
-    from fieldcraft.io.checkpoint import module_tensors, save_checkpoint
-    from fieldcraft.train.optimizers import optimizer_state
-
-    opt_t, opt_meta = optimizer_state(trainer.optimizer)
-    meta = {"task": TASK_NAME, "config": trainer.config.to_dict(), "normalisation": norm.to_dict(), "step": step,
-            "seconds": seconds, "history": history.to_dict(), "optimizer": opt_meta, **extra}
-    save_checkpoint(out, {**module_tensors(trainer.field, "field"), **opt_t}, meta)
-
-
-def load_shape_field(directory) -> tuple[Field, SDFTaskConfig, Normalisation, dict]:
-    """Field, task config, normalisation and metadata of a checkpoint written by :func:`fit_shape`."""
-    from fieldcraft.io.checkpoint import build_loaded, load_checkpoint
-
-    tensors, meta = load_checkpoint(directory)
-    if meta.get("task") != TASK_NAME:
-        raise FieldcraftError(f"{directory}: not a shape checkpoint (task {meta.get('task')!r}, expected {TASK_NAME!r})")
+def load_shape_field(directory: str | Path, device: str | torch.device | None = None
+                     ) -> tuple[Field, SDFTaskConfig, Normalisation, dict[str, Any]]:
+    """Field (on ``device``, eval mode), task config, normalisation and header of a checkpoint
+    written by :func:`fit_shape`."""
+    field, _, norm, meta = load_shape_module(directory, device)
     config = Config.from_dict(meta["config"])
-    assert isinstance(config, SDFTaskConfig)
-    field = build_loaded(config.field.build, tensors, "field")
-    field.eval()
-    return field, config, Normalisation.from_dict(meta["normalisation"]), meta
+    check(isinstance(config, SDFTaskConfig), f"{directory}: the checkpoint's config is not an SDFTask")
+    return field, config, norm, meta
 
 
 def extract_mesh(field: nn.Module, loss: str, resolution: int, mise: bool = True, base: int = 32
                  ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Mesh of the field's surface in normalised coordinates (see :func:`extract_surface`)."""
+    """Mesh of the field's surface in normalised coordinates (see
+    :func:`~fieldcraft.geometry.surface.extract_surface`), the field evaluated on its device."""
     return extract_surface(field_function(field), loss, resolution, mise, base)
 
 
-def render_shape(directory, out_dir, views: int = 4, size: int = 256) -> list:
-    """Sphere-traced PNGs ``view_XX.png`` of an SDF checkpoint (normalised coordinates)."""
-    from pathlib import Path
-
+def render_views(field: nn.Module, out_dir: str | Path, views: int = 4, size: int = 256) -> list[Path]:
+    """Sphere-traced ``view_XX.png`` (8-bit RGB, ``size x size``) of an SDF field from ``views``
+    orbit cameras (:func:`~fieldcraft.render.sphere_tracing.orbit_cameras`), traced on the field's device."""
     from fieldcraft.io.images import write_png
     from fieldcraft.render.sphere_tracing import orbit_cameras, render_sdf
 
-    field, config, _, _ = load_shape_field(directory)
-    if config.loss == "occupancy":
-        raise FieldcraftError(f"{directory}: sphere tracing needs a signed distance field (this is an occupancy fit)")
+    device = next(field.parameters()).device
     sdf = lambda x: field(x).reshape(-1)
-    out_dir = Path(out_dir)
     paths = []
     for k, c2w in enumerate(orbit_cameras(views)):
-        img = render_sdf(sdf, c2w, size, size)
-        paths.append(write_png(out_dir / f"view_{k:02d}.png", img.astype(np.float32) / 255.0, bits=8))
+        img = render_sdf(sdf, c2w, size, size, device=device)
+        paths.append(write_png(Path(out_dir) / f"view_{k:02d}.png", img.astype(np.float32) / 255.0, bits=8))
     return paths
 
 
-def fit_shape(source, out, config: SDFTaskConfig, budget, *, resume: bool = False, progress: bool = True,
-              resolution: int = 256, render: bool = True, evaluate: bool = True) -> dict:
-    """Fit, then write ``checkpoint.safetensors``, ``mesh.ply`` (input coordinates, MISE at
-    ``resolution``), ``renders/view_XX.png`` (SDFs) and ``metrics.json`` (mesh inputs) to ``out``."""
-    import json
-    from pathlib import Path
+def render_shape(directory: str | Path, out_dir: str | Path, views: int = 4, size: int = 256,
+                 device: str | torch.device | None = None) -> list[Path]:
+    """:func:`render_views` of an SDF checkpoint (not an occupancy fit) on ``device``."""
+    field, config, _, _ = load_shape_field(directory, device)
+    if config.loss == "occupancy":
+        raise FieldcraftError(f"{directory}: sphere tracing needs a signed distance field (this is an occupancy fit)")
+    return render_views(field, out_dir, views, size)
 
+
+# --------------------------------------------------------------------------------------------
+# pipelines: fit -> checkpoint -> meshes / renders / metrics
+
+
+def _check_sources(run: Run, sources: list[str]) -> None:
+    """On resume: the same number of shapes; a note (stderr) when their paths differ from the stored ones."""
+    if not run.resumed:
+        return
+    stored = run.meta.get("sources") or ([run.meta["source"]] if "source" in run.meta else None)
+    if stored is None:
+        return
+    check(len(stored) == len(sources), f"{run.out}: the run fits {len(stored)} shape(s), {len(sources)} given")
+    moved = [f"{b} (stored {a})" for a, b in zip(stored, sources) if Path(a).resolve() != Path(b).resolve()]
+    if moved:
+        print(f"fieldcraft: --resume fits {', '.join(moved)}; the samples are drawn from these files",
+              file=sys.stderr, flush=True)
+
+
+def _final_loss(history) -> float | None:
+    losses = history.column("loss")
+    return losses[-1] if losses else None
+
+
+def fit_shape(source: str | Path, out: str | Path, config: SDFTaskConfig, budget: Budget | None = None, *,
+              resume: bool = False, progress: bool = True, device: str | None = None, given: tuple[str, ...] = (),
+              overwrite: bool = False, resolution: int = 256, render: bool = True, evaluate: bool = True,
+              checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+    """Fit a shape field, then write ``checkpoint.safetensors``, ``history.jsonl``, ``mesh.ply``
+    (input coordinates, MISE at ``resolution``), ``renders/view_XX.png`` (SDFs, with ``render``)
+    and ``metrics.json`` (with mesh metrics against the input for mesh inputs and ``evaluate``)
+    to ``out``, also when a signal stopped the fit (``stopped`` names it). Returns the metrics.
+    A field without a surface in the cube yet (an early stop) gets no ``mesh.ply``: ``mesh_error`` says so.
+
+    ``budget`` None: 120 s, or the stored budget when resuming. ``given``: the option names the
+    user set (on resume the stored config is kept and differing given ones reported)."""
     from fieldcraft.geometry.mesh import load_shape
     from fieldcraft.geometry.metrics import mesh_metrics
-    from fieldcraft.io.checkpoint import atomic_write_bytes, load_checkpoint, load_module_tensors
-    from fieldcraft.train import History, run_loop
-    from fieldcraft.train.optimizers import load_optimizer_state
+    from fieldcraft.runtime import default_device
 
-    out = Path(out)
+    run = Run.open(out, TASK, config, resume=resume, given=given, budget=budget, default_budget=DEFAULT_BUDGET,
+                   device=device or default_device(), overwrite=overwrite)
+    config = run.config  # type: ignore[assignment]
     shape = load_shape(source)
-    start_step, start_seconds, history = 0, 0.0, History()
-    state = None
-    if resume:
-        tensors, meta = load_checkpoint(out)
-        if meta.get("task") != TASK_NAME:
-            raise FieldcraftError(f"{out}: cannot resume, not a shape checkpoint")
-        loaded = Config.from_dict(meta["config"])
-        assert isinstance(loaded, SDFTaskConfig)
-        config = loaded
-        start_step, start_seconds = int(meta["step"]), float(meta["seconds"])
-        history = History.from_dict(meta.get("history", {}))
-        state = (tensors, meta)
+    if config.loss == "occupancy" and not shape.is_mesh:
+        raise FieldcraftError(f"{source}: occupancy fitting needs a mesh (inside/outside), got a point cloud")
+    _check_sources(run, [str(source)])
     normed, norm = prepare_shape(shape, config)
     samples = make_samples(normed, config, need_sdf=config.loss != "eikonal")
-    n_samples = len(samples.points) + len(samples.surface)
-    trainer = SDFTrainer(config, samples, total_steps=budget.steps, total_seconds=budget.seconds)
-    trainer.elapsed = start_seconds
-    if state is not None:
-        load_module_tensors(trainer.field, state[0], "field")
-        load_optimizer_state(trainer.optimizer, state[0], state[1]["optimizer"])
-    extra = {"source": str(source), "sampling_seconds": samples.seconds}
-
-    def checkpoint(step: int, seconds: float, hist) -> None:
-        _save(out, trainer, norm, step, seconds, hist, extra)
-
-    steps, seconds, history = run_loop(trainer.step, budget, start_step=start_step, start_seconds=start_seconds,
-                                       history=history, log_every=10, checkpoint=checkpoint,
-                                       description=f"fit sdf ({config.loss})", progress=progress)
-    trainer.field.eval()
-    metrics: dict[str, Any] = {"loss": config.loss, "steps": steps, "fit_seconds": seconds,
-                               "sampling_seconds": samples.seconds, "samples": n_samples,
-                               "samples_per_second": n_samples / max(samples.seconds, 1e-9)}
-    mesh_stats = export_shape_mesh(out, out / "mesh.ply", resolution, mise=True)
-    metrics["extraction_seconds"] = mesh_stats["seconds"]
-    metrics["resolution"] = resolution
+    torch.manual_seed(config.seed)
+    field = config.field.build().to(run.device)
+    objective = SDFObjective(config, samples.to(run.device))
+    meta = {"normalisation": norm.to_dict(), "source": str(source), "sampling_seconds": samples.seconds}
+    verb = "fit occupancy" if config.loss == "occupancy" else f"fit sdf ({config.loss})"
+    trainer = run.trainer(field, objective, config.optimizer(), meta=meta, prefix="field", log_every=10,
+                          checkpoint_seconds=checkpoint_seconds, description=verb, progress=progress)
+    outcome = trainer.run()
+    field.eval()
+    metrics: dict[str, Any] = {"loss": config.loss, "steps": outcome.step, "fit_seconds": outcome.seconds,
+                               "final_loss": _final_loss(outcome.history), "sampling_seconds": samples.seconds,
+                               "samples": len(samples), "samples_per_second": len(samples) / max(samples.seconds, 1e-9)}
+    try:
+        mesh_stats = export_shape_mesh(run.out, run.out / "mesh.ply", resolution, mise=True, device=str(run.device))
+        metrics.update({"extraction_seconds": mesh_stats["seconds"], "resolution": resolution})
+    except FieldcraftError as exc:  # e.g. no zero crossing yet: the checkpoint and metrics are still written
+        (run.out / "mesh.ply").unlink(missing_ok=True)
+        metrics["mesh_error"] = str(exc)
+        print(f"fieldcraft: no mesh.ply: {exc}", file=sys.stderr, flush=True)
     if render and config.loss != "occupancy":
-        render_shape(out, out / "renders")
-    if evaluate and shape.is_mesh:
+        render_views(field, run.out / "renders")
+    if evaluate and shape.is_mesh and "mesh_error" not in metrics:
         import trimesh
 
-        pred = trimesh.load(str(out / "mesh.ply"), process=False)
+        pred = trimesh.load(str(run.out / "mesh.ply"), process=False)
         metrics.update(mesh_metrics((np.asarray(pred.vertices), np.asarray(pred.faces)), (shape.vertices, shape.faces)))
-    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    metrics.update({"device": str(run.device), "stopped": outcome.stopped})
+    write_json(run.out / "metrics.json", metrics)
     return metrics
 
 
-def fit_autodecoder(sources: list, out, config: AutoDecoderConfig, budget, *, interpolate: int = 5,
-                    resolution: int = 128, progress: bool = True) -> dict:
-    """Fit one decoder + K codes, then export ``shape_k.ply`` for every code and
-    ``interp_XX.ply`` along the line between the first two codes (normalised coordinates of
-    each shape; the interpolants are in the unit cube)."""
-    import json
-    from pathlib import Path
+def fit_autodecoder(sources: list, out: str | Path, config: AutoDecoderConfig, budget: Budget | None = None, *,
+                    resume: bool = False, progress: bool = True, device: str | None = None,
+                    given: tuple[str, ...] = (), overwrite: bool = False, interpolate: int = 5,
+                    resolution: int = 128, checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+    """Fit one decoder + K codes, then write ``shape_K.ply`` for every code (input coordinates
+    of shape K) and ``interp_XX.ply`` along the line between the first two codes (normalised
+    coordinates: the interpolants are in the unit cube), ``metrics.json`` and the checkpoint to
+    ``out``, also when a signal stopped the fit. Returns the metrics (``meshes``: files written).
 
+    ``budget`` None: 120 s, or the stored budget when resuming."""
     from fieldcraft.geometry.marching_cubes import clean_mesh, vertex_normals
     from fieldcraft.geometry.mesh import load_shape, save_mesh
     from fieldcraft.geometry.mise import extract_mise
-    from fieldcraft.io.checkpoint import atomic_write_bytes, module_tensors, save_checkpoint
-    from fieldcraft.train import run_loop
+    from fieldcraft.runtime import default_device
 
-    check(config.task.loss == "regression", "the auto-decoder uses the regression loss")
-    out = Path(out)
-    shapes, norms = [], []
+    check(len(sources) >= 1, "the auto-decoder needs at least one shape")
+    check(interpolate >= 0, f"--interpolate must be >= 0, got {interpolate}")
+    run = Run.open(out, AUTODECODER_TASK, config, resume=resume, given=given, budget=budget,
+                   default_budget=DEFAULT_BUDGET, device=device or default_device(), overwrite=overwrite)
+    config = run.config  # type: ignore[assignment]
+    sources = [str(s) for s in sources]
+    _check_sources(run, sources)
+    samples, norms = [], []
     t0 = time.perf_counter()
     for src in sources:
         normed, norm = prepare_shape(load_shape(src), config.task)
-        shapes.append(make_samples(normed, config.task))
+        samples.append(make_samples(normed, config.task).to(run.device))
         norms.append(norm)
     sampling = time.perf_counter() - t0
-    trainer = AutoDecoderTrainer(config, shapes)
-
-    def checkpoint(step: int, seconds: float, hist) -> None:
-        meta = {"task": "autodecoder", "config": config.to_dict(), "sources": [str(s) for s in sources],
-                "normalisations": [n.to_dict() for n in norms], "step": step, "seconds": seconds,
-                "history": hist.to_dict()}
-        save_checkpoint(out, module_tensors(trainer.model, "model"), meta)
-
-    steps, seconds, _ = run_loop(trainer.step, budget, log_every=10, checkpoint=checkpoint,
-                                 description="fit autodecoder", progress=progress)
-    model = trainer.model.eval()
-    files = []
+    torch.manual_seed(config.task.seed)
+    model = AutoDecoder(config, len(sources)).to(run.device)
+    meta = {"sources": sources, "normalisations": [n.to_dict() for n in norms], "sampling_seconds": sampling}
+    trainer = run.trainer(model, AutoDecoderObjective(config, samples), config.optimizer(), meta=meta, prefix="model",
+                          log_every=10, checkpoint_seconds=checkpoint_seconds, description="fit autodecoder",
+                          progress=progress)
+    outcome = trainer.run()
+    model.eval()
     codes = [model.latents[k].detach() for k in range(len(sources))]
-    named = [(f"shape_{k}.ply", z, norms[k]) for k, z in enumerate(codes)]
+    named: list[tuple[str, Tensor, Normalisation | None]] = [(f"shape_{k}.ply", z, norms[k]) for k, z in enumerate(codes)]
     if len(codes) >= 2:
-        named += [(f"interp_{i:02d}.ply", z, None) for i, z in enumerate(interpolate_latents(codes[0], codes[1], interpolate))]
+        named += [(f"interp_{i:02d}.ply", z, None)
+                  for i, z in enumerate(interpolate_latents(codes[0], codes[1], interpolate))]
+    files = []
     for name, z, norm in named:
         fn = field_function(model, latent=z[None])
-        v, f, _ = extract_mise(fn, resolution, 0.0, 1.0, "below", base=min(32, resolution), lipschitz=2.0)
+        v, f, _ = extract_mise(fn, resolution, 0.0, 1.0, "below", base=mise_base(resolution), lipschitz=2.0)
         v, f = clean_mesh(v, f)
         if len(f) == 0:
             continue
         if norm is not None:
             v = norm.inverse(v)
-        save_mesh(out / name, v, f, vertex_normals(v, f))
+        save_mesh(run.out / name, v, f, vertex_normals(v, f))
         files.append(name)
-    result = {"steps": steps, "fit_seconds": seconds, "sampling_seconds": sampling, "meshes": files}
-    atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
-    return result
+    metrics = {"steps": outcome.step, "fit_seconds": outcome.seconds, "final_loss": _final_loss(outcome.history),
+               "sampling_seconds": sampling, "meshes": files, "device": str(run.device), "stopped": outcome.stopped}
+    write_json(run.out / "metrics.json", metrics)
+    return metrics

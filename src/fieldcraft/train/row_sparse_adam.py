@@ -9,7 +9,8 @@ ordinary Adam update. With every row touched the result equals ``torch.optim.Ada
 formula and rounding order, float32): bias corrections use the group's global step.
 
 The update is one fused numba pass over the rows (parallel, in place); without numba, or for
-non-float32 / non-CPU parameters, it runs with PyTorch ops (same result).
+non-float32 / non-CPU parameters, or with ``FIELDCRAFT_KERNELS=reference``, it runs with
+PyTorch ops (same result).
 
 Typical use::
 
@@ -114,7 +115,9 @@ def adam_update(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, st
     with ``sparse_rows`` only rows (dim 0) whose gradient is not all zero are touched."""
     step_size = lr / (1.0 - beta1**step)
     bc2_sqrt = math.sqrt(1.0 - beta2**step)
-    fast = (_HAVE_NUMBA and p.device.type == "cpu" and p.dtype == grad.dtype == torch.float32
+    from fieldcraft.runtime import fast_kernels_enabled
+
+    fast = (_HAVE_NUMBA and fast_kernels_enabled() and p.device.type == "cpu" and p.dtype == grad.dtype == torch.float32
             and all(t.is_contiguous() for t in (p, grad, exp_avg, exp_avg_sq)) and p.numel() > 0)
     if fast:
         rows = p.shape[0] if p.dim() > 0 else 1

@@ -1,0 +1,174 @@
+"""What defines a NeRF fit: :class:`NerfConfig` and the presets of :func:`nerf_config`.
+
+| preset | field | sampling | batch | optimiser | reference |
+|---|---|---|---|---|---|
+| ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..512) -> 64 -> 16 features; SH degree 4 -> 64x2 -> rgb | occupancy grid 64^3, 256 steps across the box diagonal, early termination | ~2^14 samples (rays adapt) | 1e-2, ``steps`` | Instant-NGP / nerfacc |
+| ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb, coarse + fine field | 64 stratified + 128 importance | 1024 rays | 5e-4, ``exp`` | NeRF paper |
+| ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified over the ray's stretch through the visual hull | one full image | 5e-4, ``exp`` | tiny-NeRF notebook |
+
+``tiny`` keeps the notebook's network (8x256 ReLU, skip at 5, one output layer to rgb + density,
+Glorot-uniform weights and zero biases as Keras initialises them), its encoding (world
+coordinates as they are, ``(x, sin(2^k x), cos(2^k x))`` for k < 6), its 64 jittered samples per
+ray, one full training image per step and Adam from 5e-4. It departs from it in five places:
+
+1. density ``softplus(raw - 1)`` (Mip-NeRF) instead of ``relu(raw)``: on a white background a
+   ReLU density is pushed below zero everywhere within a few full-image steps (an empty scene
+   renders the background, most of every image) and, with zero gradient, never recovers;
+2. the 64 samples span the ray's stretch through the visual hull of the training views' alpha
+   masks (``box="hull"``, :meth:`~fieldcraft.tasks.nerf.model.NerfModel.clip_rays`), not all of ``[2, 6]``;
+3. the MLP runs under bfloat16 autocast (compositing in float32);
+4. the learning rate decays exponentially to 0.1x over the run (the NeRF paper's schedule);
+5. evaluation and rendering use a running average of the weights (``ema_decay=0.95``).
+
+Learning-rate schedules (``schedule``, :data:`SCHEDULES`): ``steps`` warms up linearly over 100
+steps and multiplies by 0.33 at 50, 75 and 90 % of the budget; ``exp`` decays to 0.1x; ``constant``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fieldcraft.config import Config
+from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig, SphericalHarmonicsConfig
+from fieldcraft.errors import FieldcraftError, check
+from fieldcraft.fields.radiance import RadianceFieldConfig
+from fieldcraft.train import OptimizerConfig, ScheduleConfig
+from fieldcraft.train.optimizers import instant_ngp
+
+TASK = "nerf"
+PRESETS = ("instant", "vanilla", "tiny")
+DEFAULT_PRESET = "instant"
+BACKGROUNDS = ("white", "black", "random")
+BOXES = ("dataset", "silhouette", "hull")
+SAMPLERS = ("occupancy", "stratified")
+SCHEDULES = {
+    "steps": ScheduleConfig(kind="steps", warmup_steps=100, milestones=(0.5, 0.75, 0.9), gamma=0.33),
+    "exp": ScheduleConfig(kind="exp", final_factor=0.1),
+    "constant": ScheduleConfig(kind="constant"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NerfConfig(Config):
+    """Fields:
+
+    - ``preset``: name of the preset this config came from (informative).
+    - ``field``: the radiance field (coarse field when ``n_importance > 0``).
+    - ``fine_field``: NeRF's second field for the importance samples, or None.
+    - ``sampler``: ``occupancy`` (marching through an occupancy grid) or ``stratified``.
+    - ``n_samples``: stratified samples per ray; ``n_importance``: extra PDF samples (fine pass).
+    - ``render_steps``: occupancy marching steps across the scene box diagonal (step size =
+      diagonal / render_steps; along ``t`` in ``[0, 1]`` for NDC scenes: 1 / render_steps).
+    - ``grid_resolution``, ``grid_update_every``, ``grid_decay``, ``grid_threshold``,
+      ``grid_warmup``: occupancy grid (see :mod:`fieldcraft.render.occupancy_grid`).
+    - ``early_stop_eps``: drop samples once transmittance falls below this (0: off).
+    - ``alpha_threshold``: drop samples with smaller alpha (after ``grid_warmup`` steps).
+    - ``rays``: rays per batch (initial value when ``target_samples > 0``).
+    - ``target_samples``: adapt the ray count so a batch has about this many samples (0: fixed),
+      between 256 and ``max_rays``.
+    - ``full_image``: a batch is every pixel of one random training image (tiny-NeRF).
+    - ``micro_batch_rays``: render and backpropagate a batch in pieces of this many rays and add up
+      their gradients (0: all at once): the whole batch's gradient with a piece's memory, which
+      keeps the activations of 8x256 MLPs in cache.
+    - ``lr``: Adam learning rate; ``schedule``: a name of :data:`SCHEDULES` (module docstring).
+    - ``background``: ``white`` | ``black`` | ``random`` (a random colour per ray while training,
+      white for evaluation). RGBA images are composited on it and the renderer adds
+      ``(1 - opacity) * background``.
+    - ``bf16``: evaluate the field's MLPs under bfloat16 autocast; compositing stays float32.
+    - ``box``: the box the field lives in and rays are clipped to: ``dataset`` (the reader's scene
+      box), ``silhouette`` (the box around the training views' visual hull,
+      :func:`fieldcraft.data.bounds.silhouette_aabb`) or ``hull`` (that box, and each ray's range
+      narrowed further to its stretch through the visual hull itself, carved on
+      ``hull_resolution^3`` cells of that box and grown by one cell). The last two need RGBA
+      images (else a warning and the dataset box); forward-facing NDC scenes keep their box.
+      Box and hull are saved in the checkpoint.
+    - ``hull_resolution``: cells per axis of the ``hull`` grid; ``hull_dilate``: pixels each alpha
+      mask grows by before carving it (antialiased edges).
+    - ``ema_decay``: also keep an exponential moving average of the weights (Polyak averaging,
+      ``ema <- d * ema + (1 - d) * w`` after every step, ``d = min(ema_decay, (1 + step) / (10 + step))``),
+      saved in the checkpoint and used by evaluation and rendering (0: off).
+    - ``seed``: seeds weights, batches and jitter.
+    """
+
+    type_name = "Nerf"
+    preset: str = DEFAULT_PRESET
+    field: RadianceFieldConfig = dataclasses.field(default_factory=RadianceFieldConfig)
+    fine_field: RadianceFieldConfig | None = None
+    sampler: str = "occupancy"
+    n_samples: int = 64
+    n_importance: int = 0
+    render_steps: int = 256
+    grid_resolution: int = 64
+    grid_update_every: int = 16
+    grid_decay: float = 0.95
+    grid_threshold: float = 0.01
+    grid_warmup: int = 256
+    early_stop_eps: float = 1e-4
+    alpha_threshold: float = 0.0
+    rays: int = 1024
+    target_samples: int = 0
+    max_rays: int = 8192
+    full_image: bool = False
+    micro_batch_rays: int = 0
+    lr: float = 1e-2
+    schedule: str = "steps"
+    background: str = "white"
+    bf16: bool = False
+    box: str = "dataset"
+    hull_resolution: int = 128
+    hull_dilate: int = 2
+    ema_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r} (use {'|'.join(SAMPLERS)})")
+        check(self.background in BACKGROUNDS, f"unknown background {self.background!r} (use {'|'.join(BACKGROUNDS)})")
+        check(self.box in BOXES, f"unknown box {self.box!r} (use {'|'.join(BOXES)})")
+        check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (use {'|'.join(SCHEDULES)})")
+
+    def optimizer(self, grid: bool) -> OptimizerConfig:
+        """Adam from ``lr`` with the ``schedule``: Instant-NGP's betas (0.9, 0.99) and eps 1e-15 for
+        every parameter when the model has a grid encoding (``grid``), PyTorch's defaults otherwise."""
+        schedule = SCHEDULES[self.schedule]
+        return instant_ngp(self.lr, schedule) if grid else OptimizerConfig(lr=self.lr, schedule=schedule)
+
+
+def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc: bool = False,
+                **overrides: Any) -> NerfConfig:
+    """The config of a preset (module docstring) for an object (``ndc=False``) or a forward-facing
+    scene (``ndc=True``: ``instant`` marches 128 steps along NDC rays); ``background`` and
+    ``overrides`` replace fields.
+
+    >>> nerf_config("tiny").box, nerf_config("instant", ndc=True).render_steps
+    ('hull', 128)
+    """
+    if preset == "instant":
+        field = RadianceFieldConfig(
+            position_encoding=HashGridConfig(n_levels=16, n_features=2, log2_table_size=17, base_resolution=16,
+                                             max_resolution=512),
+            trunk_width=64, trunk_layers=1, n_features=15, direction_encoding=SphericalHarmonicsConfig(degree=4),
+            color_width=64, color_layers=2, density_activation="trunc_exp", density_bias=-1.0)
+        cfg = NerfConfig(preset=preset, field=field, sampler="occupancy", render_steps=128 if ndc else 256, rays=256,
+                         target_samples=1 << 14, lr=1e-2, schedule="steps", background="random")
+    elif preset == "vanilla":
+        field = RadianceFieldConfig(
+            position_encoding=FrequencyEncodingConfig(n_frequencies=10), trunk_width=256, trunk_layers=8, skips=(5,),
+            n_features=256, direction_encoding=FrequencyEncodingConfig(n_frequencies=4), color_width=128,
+            color_layers=1, density_activation="relu")
+        cfg = NerfConfig(preset=preset, field=field, fine_field=field, sampler="stratified", n_samples=64,
+                         n_importance=128, rays=1024, micro_batch_rays=128, lr=5e-4, schedule="exp", background="white",
+                         bf16=True)
+    elif preset == "tiny":
+        field = RadianceFieldConfig(
+            position_encoding=FrequencyEncodingConfig(n_frequencies=6, pi_scale=False), positions="world", init="glorot",
+            trunk_width=256, trunk_layers=8, skips=(5,), n_features=3, direction_encoding=None, color_layers=-1,
+            density_activation="softplus", density_bias=-1.0)
+        cfg = NerfConfig(preset=preset, field=field, sampler="stratified", n_samples=64, full_image=True,
+                         micro_batch_rays=512, lr=5e-4, schedule="exp", background="white", bf16=True,
+                         box="hull", hull_dilate=1, ema_decay=0.95)
+    else:
+        raise FieldcraftError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    if background is not None:
+        cfg = cfg.replace(background=background)
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,181 @@
+"""The NeRF model: radiance field(s), occupancy grid, visual hull, and how a ray batch is rendered.
+
+:class:`NerfModel` is one ``nn.Module`` holding everything a checkpoint must restore (the
+fields' weights, the occupancy grid's estimates, the carved hull), so a deep copy of it (the
+training core's warm-up) renders exactly as the model does.
+
+Rendering a batch of :class:`~fieldcraft.render.rays.Rays`:
+
+1. rays are clipped to the scene box when made (:meth:`NerfModel.rays`) and, for ``box="hull"``,
+   narrowed to their stretch through the visual hull (:meth:`NerfModel.clip_rays`); rays left
+   with an empty range show the background and cost nothing (:meth:`NerfModel.render`);
+2. samples: ``occupancy`` marches fixed steps through occupied cells (packed samples, early
+   termination after a no-grad density pass); ``stratified`` takes ``n_samples`` jittered
+   intervals per ray (padded), plus ``n_importance`` inverse-CDF samples for the fine field;
+3. compositing (:mod:`fieldcraft.render.compositing`): weights from densities, colour, opacity,
+   expected depth, then ``rgb + (1 - opacity) * background``.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from fieldcraft.data.cameras import Cameras
+from fieldcraft.fields.radiance import RadianceField
+from fieldcraft.render.compositing import accumulate, apply_background, weights_from_densities
+from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
+from fieldcraft.render.rays import Rays, make_rays, pixel_centres
+from fieldcraft.render.samplers import interval_points, merge_edges, sample_pdf, stratified_edges
+from fieldcraft.tasks.nerf.config import NerfConfig
+
+Rendered = dict[str, Tensor | int]
+
+
+def background_colour(name: str, device: torch.device | str = "cpu") -> Float[Tensor, " 3"]:
+    """The evaluation background of a training background mode (``random`` evaluates on white).
+
+    >>> background_colour("black").tolist(), background_colour("random").tolist()
+    ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    """
+    return torch.zeros(3, device=device) if name == "black" else torch.ones(3, device=device)
+
+
+class NerfModel(nn.Module):
+    """Field(s) + occupancy grid + hull + the rendering procedure of a :class:`NerfConfig`, over the
+    box ``aabb`` ``[2, 3]`` (world units; NDC box for forward-facing scenes, ``ndc=True``).
+
+    Modules: ``field``, ``fine`` (or None), ``grid`` (:class:`OccupancyGrid` for the ``occupancy``
+    sampler, else None), ``hull`` (:class:`BinaryGrid` for ``box="hull"``, else None)."""
+
+    def __init__(self, config: NerfConfig, aabb: Float[Tensor, "2 3"], ndc: bool) -> None:
+        super().__init__()
+        self.config, self.ndc = config, ndc
+        self.field = config.field.build(aabb)
+        self.fine = config.fine_field.build(aabb) if config.fine_field is not None and config.n_importance > 0 else None
+        self.grid = OccupancyGrid(aabb, config.grid_resolution) if config.sampler == "occupancy" else None
+        self.hull = BinaryGrid(aabb, config.hull_resolution) if config.box == "hull" and not ndc else None
+        diag = float((aabb[1] - aabb[0]).norm())
+        self.step_size = (1.0 if ndc else diag) / config.render_steps
+
+    @property
+    def aabb(self) -> Float[Tensor, "2 3"]:
+        return self.field.aabb
+
+    # --- rays
+    def rays(self, cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], v: Float[Tensor, " m"],
+             near: float, far: float) -> Rays:
+        """Rays through pixel coordinates ``(u, v)`` of cameras ``cam``, clipped to the model's box and
+        ``[near, far]`` (:func:`~fieldcraft.render.rays.make_rays`) and to the hull (:meth:`clip_rays`)."""
+        return self.clip_rays(make_rays(cameras, cam, u, v, near, far, self.aabb, self.ndc))
+
+    def view_rays(self, cameras: Cameras, index: int, near: float, far: float) -> Rays:
+        """The rays of every pixel of camera ``index`` (row-major), on the model's device."""
+        device = self.aabb.device
+        u, v = pixel_centres(cameras.height, cameras.width, device)
+        cam = torch.full_like(u, index, dtype=torch.long)
+        return self.rays(cameras.to(device), cam, u, v, near, far)
+
+    def clip_rays(self, rays: Rays) -> Rays:
+        """``rays`` with each range narrowed to its stretch through the visual hull (``box="hull"``;
+        rays that miss it get an empty range); unchanged for other models."""
+        if self.hull is None:
+            return rays
+        step = 0.5 * float((self.hull.aabb[1] - self.hull.aabb[0]).min()) / self.hull.resolution
+        return rays.with_range(*occupied_range(self.hull, rays.origins, rays.dirs, rays.t_min, rays.t_max, step))
+
+    # --- occupancy grid
+    def update_grid(self, step: int) -> None:
+        """Refresh the occupancy grid every ``grid_update_every`` steps (no-op without one)."""
+        c = self.config
+        if self.grid is not None and step % c.grid_update_every == 0:
+            self.grid.update(step, self.field.density, self.step_size, c.grid_decay, c.grid_threshold, c.grid_warmup)
+
+    # --- rendering
+    def render(self, rays: Rays, background: Float[Tensor, "#m 3"], train: bool = False, step: int | None = None
+               ) -> Rendered:
+        """Render rays: ``rgb`` ``[m, 3]`` (over ``background``, one colour or one per ray), ``opacity``
+        ``[m, 1]``, ``depth`` ``[m, 1]`` (expected distance along the ray where opaque; NDC ``t`` for NDC
+        scenes), ``samples`` (int), and ``rgb_coarse`` for a model with a fine field.
+        ``train`` jitters the samples. Rays with an empty range show the background and cost nothing."""
+        hit = rays.t_max > rays.t_min
+        if bool(hit.all()):
+            return self._render_hits(rays, background, train, step)
+        m = len(rays)
+        bg = background.expand(m, 3)
+        idx = hit.nonzero().squeeze(-1)
+        empty = {"rgb": bg, "rgb_coarse": bg, "opacity": bg.new_zeros(m, 1), "depth": bg.new_zeros(m, 1)}
+        if len(idx) == 0:
+            return {"rgb": bg.clone(), "opacity": empty["opacity"], "depth": empty["depth"], "samples": 0}
+        part = self._render_hits(rays[idx], bg[idx], train, step)
+        return {k: v if k == "samples" else empty[k].index_copy(0, idx, v) for k, v in part.items()}
+
+    def _render_hits(self, rays: Rays, background: Tensor, train: bool, step: int | None) -> Rendered:
+        if self.grid is not None:
+            return self._render_packed(rays, background, train, step)
+        return self._render_stratified(rays, background, train)
+
+    def _render_packed(self, rays: Rays, bg: Tensor, train: bool, step: int | None) -> Rendered:
+        c, m = self.config, len(rays)
+        with torch.no_grad():
+            ri, t0, t1 = march(self.grid, rays.origins, rays.dirs, rays.t_min, rays.t_max, self.step_size, jitter=train)
+            if c.early_stop_eps > 0 and len(ri):
+                pts = rays.origins[ri] + (0.5 * (t0 + t1))[:, None] * rays.dirs[ri]
+                sig = self.field.density(pts)
+                alpha_thre = c.alpha_threshold if (step is None or step >= c.grid_warmup) else 0.0
+                keep = termination_mask(sig, t0, t1, ri, c.early_stop_eps, alpha_thre)
+                ri, t0, t1 = ri[keep], t0[keep], t1[keep]
+        mid = 0.5 * (t0 + t1)
+        pts = rays.origins[ri] + mid[:, None] * rays.dirs[ri]
+        sigma, rgb = self.field(pts, rays.viewdirs[ri])
+        w, _, _ = weights_from_densities(sigma, t0, t1, ri)
+        colour = accumulate(w, rgb, ri, m)
+        opacity = accumulate(w, None, ri, m)
+        depth = accumulate(w, mid[:, None], ri, m) / opacity.clamp(min=1e-10)
+        return {"rgb": apply_background(colour, opacity, bg), "opacity": opacity, "depth": depth, "samples": len(ri)}
+
+    def _composite_padded(self, field: RadianceField, rays: Rays, edges: Float[Tensor, "m n+1"],
+                          t: Float[Tensor, "m n"], bg: Tensor) -> tuple[Rendered, Float[Tensor, "m n"]]:
+        m, n = t.shape
+        pts = rays.origins[:, None, :] + t[..., None] * rays.dirs[:, None, :]
+        vd = rays.viewdirs[:, None, :].expand(m, n, 3).reshape(-1, 3)
+        with torch.autocast(pts.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            sigma, rgb = field(pts.reshape(-1, 3), vd)
+        sigma, rgb = sigma.float().reshape(m, n), rgb.float().reshape(m, n, 3)
+        w, _, _ = weights_from_densities(sigma, edges[:, :-1], edges[:, 1:])
+        opacity = accumulate(w)
+        out = {"rgb": apply_background(accumulate(w, rgb), opacity, bg), "opacity": opacity,
+               "depth": accumulate(w, t[..., None]) / opacity.clamp(min=1e-10), "samples": m * n}
+        return out, w
+
+    def _render_stratified(self, rays: Rays, bg: Tensor, train: bool) -> Rendered:
+        c = self.config
+        edges = stratified_edges(rays.t_min, rays.t_max, c.n_samples)
+        t = interval_points(edges, jitter=train)
+        out, w = self._composite_padded(self.field, rays, edges, t, bg)
+        if self.fine is None:
+            return out
+        extra = sample_pdf(edges, w.detach(), c.n_importance, deterministic=not train)
+        fine_edges = merge_edges(edges, extra.detach())
+        fine_t = 0.5 * (fine_edges[:, :-1] + fine_edges[:, 1:])
+        fine, _ = self._composite_padded(self.fine, rays, fine_edges, fine_t, bg)
+        fine["rgb_coarse"] = out["rgb"]
+        fine["samples"] = out["samples"] + fine["samples"]
+        return fine
+
+    @torch.no_grad()
+    def render_image(self, rays: Rays, background: Float[Tensor, "#m 3"], height: int, width: int,
+                     chunk: int = 8192) -> dict[str, Tensor]:
+        """Render ``height * width`` rays (row-major, made by :meth:`rays` / :meth:`view_rays`) in chunks:
+        ``rgb`` ``[H, W, 3]`` in ``[0, 1]``, ``depth`` ``[H, W]``, ``opacity`` ``[H, W]``, on the rays' device."""
+        parts: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "opacity": []}
+        if self.config.sampler == "stratified":
+            chunk = max(256, (1 << 18) // (self.config.n_samples + self.config.n_importance))
+        for s in range(0, len(rays), chunk):
+            out = self.render(rays[s:s + chunk], background, train=False)
+            for k, chunks in parts.items():
+                chunks.append(out[k])
+        return {"rgb": torch.cat(parts["rgb"]).clamp(0, 1).reshape(height, width, 3),
+                "depth": torch.cat(parts["depth"]).reshape(height, width),
+                "opacity": torch.cat(parts["opacity"]).reshape(height, width)}

@@ -1,0 +1,197 @@
+"""Fitting a NeRF on the training core: the photometric objective and :func:`fit`.
+
+Task = data (every pixel of the training views with its ray, :func:`training_rays`) + model
+(:class:`~fieldcraft.tasks.nerf.model.NerfModel`) + volume rendering + MSE against the pixels
+composited on the background; the core (:mod:`fieldcraft.train`) owns the optimiser, the
+learning-rate schedule, the budget, the JIT warm-up, checkpoints and resuming.
+
+One step of :class:`PhotometricLoss`: refresh the occupancy grid, draw a batch (``n_rays``
+random pixels of all views, or every pixel of one random view for ``full_image``), choose the
+background (one colour, or a random one per ray), render and backpropagate the batch in
+micro-batches (their gradients add up to the whole batch's), then after the optimiser step
+update the running average of the weights and adapt ``n_rays`` to ``target_samples``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from fieldcraft.data.bounds import silhouette_aabb, visual_hull
+from fieldcraft.data.scene import PosedImages, composite, forward_facing, load_posed_images
+from fieldcraft.encodings import GridEncoding
+from fieldcraft.metrics import psnr_from_mse
+from fieldcraft.render.rays import Rays, pixel_centres
+from fieldcraft.tasks.nerf.config import TASK, NerfConfig, nerf_config
+from fieldcraft.tasks.nerf.model import NerfModel, background_colour
+from fieldcraft.train import Budget, Objective, Run
+
+
+def scene_bounds(config: NerfConfig, data: PosedImages) -> tuple[Float[Tensor, "2 3"], Bool[Tensor, "R R R"] | None]:
+    """The box the field lives in and, for ``box="hull"``, the carved visual hull (``hull_resolution^3``
+    cells of that box, masks grown by ``hull_dilate`` pixels, the hull by one cell); see ``NerfConfig.box``."""
+    if config.box == "dataset" or data.ndc:
+        return data.aabb, None
+    if data.images.shape[-1] != 4:
+        warnings.warn(f"{data.source}: no alpha channel for box={config.box!r}; using the dataset's scene box",
+                      stacklevel=2)
+        return data.aabb, None
+    box = silhouette_aabb(data)
+    if config.box != "hull":
+        return box, None
+    return box, visual_hull(dataclasses.replace(data, aabb=box), config.hull_resolution, dilate=config.hull_dilate,
+                            grow=1)
+
+
+def training_rays(model: NerfModel, data: PosedImages) -> tuple[Rays, Float[Tensor, "n c"]]:
+    """The ray (clipped to the model's box and hull) and the pixel (RGB or straight RGBA) of every
+    pixel of every view, view-major, on the model's device."""
+    n, h, w = len(data), data.height, data.width
+    device = model.aabb.device
+    u, v = pixel_centres(h, w, device)
+    cam = torch.arange(n, device=device).repeat_interleave(h * w)
+    rays = model.rays(data.cameras.to(device), cam, u.repeat(n), v.repeat(n), data.near, data.far)
+    return rays, data.images.to(device).reshape(n * h * w, -1)
+
+
+class PhotometricLoss(Objective):
+    """Mean squared error between rendered and true colours of random ray batches (module docstring).
+
+    ``rays``, ``pixels``: every training pixel (:func:`training_rays`); ``pixels_per_view``: ``H * W``
+    (``full_image`` batches); ``model``: the trained model, whose weights :meth:`after_step` averages
+    (``ema_decay > 0``). The loss itself renders with the model it is given (a copy during warm-up).
+    Checkpointed state: the averaged weights, the adaptive ray count and the rays seen."""
+
+    def __init__(self, config: NerfConfig, rays: Rays, pixels: Float[Tensor, "n c"], pixels_per_view: int,
+                 model: NerfModel) -> None:
+        self.config, self.rays, self.pixels, self.pixels_per_view = config, rays, pixels, pixels_per_view
+        self.model = model
+        self.generators = {"batches": torch.Generator().manual_seed(config.seed + 1)}
+        self.n_rays = config.rays
+        self.rays_seen = 0
+        self.ema = ({n: p.detach().clone() for n, p in model.named_parameters()} if config.ema_decay > 0 else None)
+        self._last = (0, 0)  # (rays, samples) of the last batch
+
+    def batch(self) -> tuple[Rays, Float[Tensor, "m c"]]:
+        """Rays and pixels of the next batch (drawn with the ``batches`` generator)."""
+        c, gen, device = self.config, self.generators["batches"], self.pixels.device
+        if c.full_image:
+            k = int(torch.randint(0, len(self.pixels) // self.pixels_per_view, (1,), generator=gen))
+            idx = torch.arange(k * self.pixels_per_view, (k + 1) * self.pixels_per_view, device=device)
+        else:
+            idx = torch.randint(0, len(self.pixels), (self.n_rays,), generator=gen).to(device)
+        return self.rays[idx], self.pixels[idx]
+
+    def background(self, m: int) -> Float[Tensor, "#m 3"]:
+        """The training background: one colour ``[1, 3]``, or a random colour per ray (``random``)."""
+        device = self.pixels.device
+        if self.config.background == "random":
+            return torch.rand(m, 3, generator=self.generators["batches"]).to(device)
+        return background_colour(self.config.background, device)[None]
+
+    def loss(self, model: NerfModel, step: int) -> tuple[None, dict[str, float]]:
+        c = self.config
+        model.update_grid(step)
+        rays, pix = self.batch()
+        bg = self.background(len(rays))
+        target = composite(pix, bg)
+        m = len(rays)
+        piece = c.micro_batch_rays if c.micro_batch_rays > 0 else m
+        mse = loss_sum = 0.0
+        samples = 0
+        # Rays that miss the box render the background whatever the weights: their error is a constant.
+        hit = rays.t_max > rays.t_min
+        if not bool(hit.all()):
+            miss = ~hit
+            err = float(torch.sum(((bg[miss] if len(bg) > 1 else bg) - target[miss]) ** 2)) / (m * 3)
+            mse, loss_sum = mse + err, loss_sum + (2 * err if model.fine is not None else err)
+        ids = hit.nonzero().squeeze(-1)
+        for s in range(0, len(ids), piece):
+            sl = ids[s:s + piece]
+            out = model.render(rays[sl], bg[sl] if len(bg) > 1 else bg, train=True, step=step)
+            # Sums over the piece divided by the whole batch's size: the pieces' losses add up to the batch mean.
+            err = torch.sum((out["rgb"] - target[sl]) ** 2) / (m * 3)
+            loss = err + (torch.sum((out["rgb_coarse"] - target[sl]) ** 2) / (m * 3) if "rgb_coarse" in out else 0.0)
+            loss.backward()
+            mse += float(err.detach())
+            loss_sum += float(loss.detach())
+            samples += int(out["samples"])
+        self._last = (m, samples)
+        return None, {"loss": loss_sum, "psnr": psnr_from_mse(mse), "rays": float(m), "spr": samples / max(m, 1)}
+
+    def after_step(self, step: int) -> None:
+        c = self.config
+        m, samples = self._last
+        self.rays_seen += m
+        if self.ema is not None:
+            d = min(c.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    self.ema[n].lerp_(p, 1 - d)
+        if c.target_samples > 0 and not c.full_image:
+            ratio = c.target_samples / max(samples, 1)
+            self.n_rays = int(min(max(self.n_rays * min(max(ratio, 0.5), 1.5), 256), c.max_rays))
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors = {f"ema.{n}": t for n, t in self.ema.items()} if self.ema is not None else {}
+        return tensors, {"n_rays": self.n_rays, "rays_seen": self.rays_seen}
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        if self.ema is not None:
+            self.ema = {n: tensors[f"ema.{n}"].to(t.device).clone() if f"ema.{n}" in tensors else t
+                        for n, t in self.ema.items()}
+        self.n_rays = int(meta.get("n_rays", self.n_rays))
+        self.rays_seen = int(meta.get("rays_seen", 0))
+
+
+def has_grid(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds a grid encoding (it then gets Instant-NGP's Adam, ``NerfConfig.optimizer``)."""
+    return any(isinstance(m, GridEncoding) for m in model.modules())
+
+
+def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budget: Budget | None = None, *,
+        resume: bool = False, progress: bool = True, device: str | None = None, given: tuple[str, ...] = (),
+        overwrite: bool = False, max_images: int | None = None, checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+    """Fit a radiance field to ``data_path``'s training split; checkpoint (prefix ``model``) and
+    ``history.jsonl`` in ``out``. Returns a summary (``stopped`` names the signal that ended the run
+    early, if one did).
+
+    ``config`` None: the default preset for the dataset. ``budget`` None: the stored budget when
+    resuming (a fresh run needs one). ``given``: the option names the user set (on resume, stored
+    settings are kept and the differing given ones reported). ``max_images``: only the first N views."""
+    from fieldcraft.runtime import default_device
+
+    if config is None:
+        config = nerf_config(ndc=forward_facing(data_path))
+    run = Run.open(out, TASK, config, resume=resume, given=given, budget=budget, device=device or default_device(),
+                   overwrite=overwrite)
+    config = run.config  # type: ignore[assignment]
+    data = load_posed_images(data_path, "train", max_images=max_images)
+    if run.resumed:  # the box and hull the run was fitted in (the training rays are clipped to them)
+        aabb, hull = torch.tensor(run.meta["aabb"], dtype=data.aabb.dtype), run.tensors.get("model.hull.binary")
+    else:
+        aabb, hull = scene_bounds(config, data)
+    torch.manual_seed(config.seed)
+    model = NerfModel(config, aabb, data.ndc)
+    if hull is not None and model.hull is not None:
+        model.hull.binary.copy_(hull.cpu())
+    model = model.to(run.device)
+    rays, pixels = training_rays(model, dataclasses.replace(data, aabb=aabb))
+    objective = PhotometricLoss(config, rays, pixels, data.height * data.width, model)
+    meta = {"data": str(Path(data_path).resolve()), "ndc": data.ndc, "aabb": aabb.tolist(), "near": data.near,
+            "far": data.far}
+    trainer = run.trainer(model, objective, config.optimizer(has_grid(model)), meta=meta, prefix="model",
+                          checkpoint_seconds=checkpoint_seconds, log_every=10,
+                          description=f"fit nerf [{config.preset}]", progress=progress)
+    outcome = trainer.run()
+    history = outcome.history
+    return {"steps": outcome.step, "fit_seconds": outcome.seconds, "preset": config.preset, "out": str(run.out),
+            "rays_per_second": objective.rays_seen / outcome.seconds if outcome.seconds > 0 else None,
+            "train_psnr": history.values[-1].get("psnr") if history.values else None, "device": str(run.device),
+            "stopped": outcome.stopped}
