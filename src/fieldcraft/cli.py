@@ -1,6 +1,6 @@
 """The ``fieldcraft`` command line: ``fieldcraft <verb> <task> ...``.
 
-Verbs: ``fit``, ``render``, ``eval``, ``export``. Each task's sub-commands live in their own
+Verbs: ``fit``, ``render``, ``eval``, ``export``, ``encode``, ``sample``. Each task's sub-commands live in their own
 module under :mod:`fieldcraft.commands` and register themselves through ``register(verbs)``;
 registering imports no PyTorch, and a command that does not need it sets ``uses_torch=False``
 as a parser default.
@@ -21,9 +21,11 @@ VERBS = {
     "render": "query a fitted field (images, views, video)",
     "eval": "evaluate a fitted field or compare outputs",
     "export": "export a fitted field (meshes, ...)",
+    "encode": "turn signals into latents of a fitted model (functa)",
+    "sample": "draw new signals from a fitted generative model (functa)",
 }
 # one module per task under fieldcraft.commands; each defines register(verbs)
-COMMAND_MODULES = ("image", "nerf", "shapes", "ct")
+COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"fieldcraft: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the system refused a read or a write (disk full, permissions): one line too
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fieldcraft: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fieldcraft: interrupted", file=sys.stderr)

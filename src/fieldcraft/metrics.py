@@ -47,7 +47,8 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """SSIM of ``[H, W]`` or ``[H, W, C]`` images (see module docstring); ``nan`` if either is not finite.
+    """SSIM of ``[H, W]`` or ``[H, W, C]`` images (see module docstring); ``nan`` if either is not finite
+    or smaller than the 11 x 11 window.
 
     >>> import numpy as np
     >>> x = np.random.default_rng(0).random((32, 32, 3))
@@ -57,7 +58,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     from skimage.metrics import structural_similarity
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or min(a.shape[:2]) < 11:
         return math.nan
     channel_axis = -1 if a.ndim == 3 else None
     return float(structural_similarity(a, b, data_range=data_range, channel_axis=channel_axis,

@@ -134,8 +134,10 @@ def _fit_autodecoder(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from fieldcraft.errors import check
     from fieldcraft.geometry.shape_field import export_shape_mesh
 
+    check(args.out.suffix.lower() in (".ply", ".obj"), f"{args.out}: mesh output must be .ply or .obj")
     # the numpy path needs no torch: only a device other than the CPU is checked (which imports it)
     device = args.device if args.device in (None, "cpu") else device_from_args(args)
     stats = export_shape_mesh(args.directory, args.out, args.resolution, mise=args.mise, device=device)

@@ -11,12 +11,13 @@ see :func:`fieldcraft.data.scene.composite`). Scene box ``[-1.5, 1.5]^3``, near 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
-from fieldcraft.data.cameras import Cameras, check_poses
-from fieldcraft.data.scene import PosedImages, read_image, read_json, stack_images
+from fieldcraft.data.cameras import Cameras, pose_from_json
+from fieldcraft.data.scene import PosedImages, check_unique, dataset_file, number, read_image, read_json, stack_images
 from fieldcraft.errors import FieldcraftError
 
 AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
@@ -30,6 +31,9 @@ def load_blender(root: str | Path, split: str = "train", max_images: int | None 
     meta = read_json(source)
     if "camera_angle_x" not in meta or "frames" not in meta:
         raise FieldcraftError(f"{source}: needs 'camera_angle_x' and 'frames'")
+    angle = number(meta["camera_angle_x"], "'camera_angle_x'", source, positive=True)
+    if angle >= math.pi:
+        raise FieldcraftError(f"{source}: 'camera_angle_x' is a field of view in radians, must be below pi, got {angle}")
     frames = meta["frames"]
     if not isinstance(frames, list) or not frames:
         raise FieldcraftError(f"{source}: 'frames' must be a non-empty list")
@@ -39,25 +43,20 @@ def load_blender(root: str | Path, split: str = "train", max_images: int | None 
     for k, fr in enumerate(frames):
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
             raise FieldcraftError(f"{source}: frame {k} needs 'file_path' and 'transform_matrix'")
-        try:
-            m = torch.tensor(fr["transform_matrix"], dtype=torch.float64)
-        except (TypeError, ValueError):
-            raise FieldcraftError(f"{source}: frame {k} 'transform_matrix' is not a numeric matrix") from None
-        if m.ndim != 2 or tuple(m.shape) not in ((3, 4), (4, 4)):
-            raise FieldcraftError(f"{source}: frame {k} 'transform_matrix' must be 3x4 or 4x4, got shape {tuple(m.shape)}")
-        mats.append(m[:3, :4])
-        paths.append(_image_path(root, fr["file_path"]))
-    c2w = check_poses(torch.stack(mats), str(source))
+        mats.append(pose_from_json(fr["transform_matrix"], str(source), k))
+        paths.append(_image_path(dataset_file(root, fr["file_path"], source, f"frame {k}")))
+    check_unique(paths, [f"frame {k}" for k in range(len(paths))], source)
+    c2w = torch.stack(mats).float()
     arrays = [read_image(p) for p in paths]
     images = stack_images(arrays, paths)
     h, w = images.shape[1:3]
-    cams = Cameras.from_fov(c2w, float(meta["camera_angle_x"]), w, h)
+    cams = Cameras.from_fov(c2w, angle, w, h)
     names = [str(p.relative_to(root / split)) if p.is_relative_to(root / split) else p.name for p in paths]
     return PosedImages(images.float(), cams, names, NEAR, FAR, torch.tensor(AABB), False, str(source), "blender")
 
 
-def _image_path(root: Path, file_path: str) -> Path:
-    p = root / file_path
+def _image_path(p: Path) -> Path:
+    """The image file of a frame's path, which may leave out the extension (``./train/r_0``)."""
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".exr"):
         return p
     for ext in (".png", ".jpg", ".jpeg"):

@@ -67,14 +67,60 @@ class Cameras:
         return Cameras(c2w[:, :3, :4].float(), full(f), full(f), full(width / 2), full(height / 2), width, height)
 
 
-def check_poses(c2w: Tensor, source: str) -> Float[Tensor, "n 3 4"]:
-    """Validate camera-to-world matrices (``[n, 3, 4]`` or ``[n, 4, 4]``, finite) read from ``source``."""
+def check_poses(c2w: Tensor, source: str, labels: list[str] | None = None) -> Float[Tensor, "n 3 4"]:
+    """Validate camera-to-world matrices (``[n, 3, 4]`` or ``[n, 4, 4]``) read from ``source``: finite,
+    a last row ``0 0 0 1`` when given, and rigid: the rotation orthonormal (``max |R^T R - I| <= 1e-2``)
+    with determinant +1 (not singular, scaled, sheared or mirrored). ``labels`` name the poses in
+    messages (default ``camera pose k``).
+
+    >>> check_poses(torch.eye(4)[None] * 2, "t.json")
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: t.json: camera pose 0: the last row must be 0 0 0 1, got [0.0, 0.0, 0.0, 2.0]
+    """
     if c2w.ndim != 3 or tuple(c2w.shape[1:]) not in ((3, 4), (4, 4)):
         raise FieldcraftError(f"{source}: camera matrices must be 3x4 or 4x4, got shape {tuple(c2w.shape[1:])}")
+    label = (lambda k: labels[k]) if labels is not None else (lambda k: f"camera pose {k}")
     bad = ~torch.isfinite(c2w).reshape(len(c2w), -1).all(-1)
     if bad.any():
-        raise FieldcraftError(f"{source}: camera pose {int(bad.nonzero()[0])} contains NaN or infinite values")
+        raise FieldcraftError(f"{source}: {label(int(bad.nonzero()[0]))} contains NaN or infinite values")
+    m = c2w.double()
+    if m.shape[1] == 4:
+        off = (m[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=m.dtype)).abs().amax(-1) > 1e-6
+        if off.any():
+            k = int(off.nonzero()[0])
+            raise FieldcraftError(f"{source}: {label(k)}: the last row must be 0 0 0 1, got {m[k, 3].tolist()}")
+    rot = m[:, :3, :3]
+    det = torch.linalg.det(rot)
+    err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=m.dtype)).abs().amax((1, 2))
+    for k in range(len(m)):
+        if abs(float(det[k])) < 1e-6:
+            raise FieldcraftError(f"{source}: {label(k)}: the rotation is singular (determinant {float(det[k]):.3g}); "
+                                  "camera-to-world matrices must be rigid")
+        if float(err[k]) > 1e-2:
+            raise FieldcraftError(f"{source}: {label(k)}: the rotation is not orthonormal (scaled or sheared, "
+                                  f"max |R^T R - I| = {float(err[k]):.3g}); camera-to-world matrices must be rigid")
+        if float(det[k]) < 0:
+            raise FieldcraftError(f"{source}: {label(k)}: the rotation is a reflection (determinant "
+                                  f"{float(det[k]):.3g}); camera-to-world matrices must be rigid")
     return c2w[:, :3, :4].float()
+
+
+def pose_from_json(value: object, source: str, frame: int) -> Float[Tensor, "3 4"]:
+    """Frame ``frame``'s ``transform_matrix`` (nested lists, 3x4 or 4x4, float64) checked by
+    :func:`check_poses` (where it is ``camera pose <frame>``).
+
+    >>> pose_from_json("eye", "t.json", 2)
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: t.json: frame 2 'transform_matrix' is not a numeric matrix
+    """
+    try:
+        m = torch.tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise FieldcraftError(f"{source}: frame {frame} 'transform_matrix' is not a numeric matrix") from None
+    if m.ndim != 2 or tuple(m.shape) not in ((3, 4), (4, 4)):
+        raise FieldcraftError(f"{source}: frame {frame} 'transform_matrix' must be 3x4 or 4x4, got shape {tuple(m.shape)}")
+    check_poses(m[None], source, [f"camera pose {frame}"])
+    return m[:3, :4]
 
 
 def camera_directions(cameras: Cameras, u: Float[Tensor, " m"], v: Float[Tensor, " m"],

@@ -82,7 +82,12 @@ def read_data_exchange(path: str) -> Projections:
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise FieldcraftError(f"{path}: missing dataset {name} (APS data-exchange needs "
                                       f"{', '.join(DATA_EXCHANGE_DATASETS)})")
-            arr = np.asarray(f[name][()], dtype=np.float32)
+            if f[name].dtype.kind not in "iuf":
+                raise FieldcraftError(f"{path}: dataset {name} holds {f[name].dtype} values, expected numeric counts")
+            try:
+                arr = np.asarray(f[name][()], dtype=np.float32)
+            except OSError as exc:  # a dataset cut short (truncated file)
+                raise FieldcraftError(f"{path}: dataset {name} is unreadable ({str(exc).splitlines()[0]})") from None
             if arr.ndim == 2 and name != "/exchange/data":
                 arr = arr[None]
             if arr.ndim != 3:
@@ -96,10 +101,16 @@ def read_data_exchange(path: str) -> Projections:
             if arrays[name].shape[1:] != data.shape[1:]:
                 raise FieldcraftError(f"{path}: dataset {name} has frames of shape {arrays[name].shape[1:]}, "
                                       f"but /exchange/data has {data.shape[1:]} (rows, columns)")
+        open_beam = white.mean(0) - dark.mean(0)
+        if not (open_beam > 0).any():
+            raise FieldcraftError(f"{path}: the flat fields (/exchange/data_white) are nowhere brighter than the dark "
+                                  "fields (/exchange/data_dark): no flat-field correction is possible")
         if data.shape[0] < 2 or data.shape[2] < 8:
             raise FieldcraftError(f"{path}: dataset /exchange/data has shape {data.shape}, expected at least "
                                   "2 angles and 8 detector columns")
         if "/exchange/theta" in f:
+            if not isinstance(f["/exchange/theta"], h5py.Dataset) or f["/exchange/theta"].dtype.kind not in "iuf":
+                raise FieldcraftError(f"{path}: /exchange/theta must be a numeric dataset of angles in degrees")
             theta = np.asarray(f["/exchange/theta"][()], dtype=np.float64).reshape(-1)
             if theta.shape[0] != data.shape[0]:
                 raise FieldcraftError(f"{path}: dataset /exchange/theta has {theta.shape[0]} angles, "
@@ -118,6 +129,9 @@ def log_sinogram(proj: Projections, row: int) -> Float[np.ndarray, "A C"]:
         raise FieldcraftError(f"{proj.path}: slice {row} out of range (the data has {proj.data.shape[1]} rows)")
     dark = proj.dark[:, row].mean(0)
     white = proj.white[:, row].mean(0)
+    if not (white - dark > 0).any():
+        raise FieldcraftError(f"{proj.path}: in row {row} the flat fields (/exchange/data_white) are nowhere brighter "
+                              "than the dark fields (/exchange/data_dark)")
     denom = np.maximum(white - dark, 1e-6)
     trans = (proj.data[:, row] - dark) / denom
     return -np.log(np.clip(trans, 1e-6, None)).astype(np.float32)

@@ -1,5 +1,9 @@
-"""Image readers: files (PNG, JPEG, TIFF; 8- or 16-bit or float; gray, RGB or RGBA) and
-``sample:NAME`` for the natural images that ship inside scikit-image's wheel.
+"""Image readers: files (PNG, JPEG, TIFF and what else Pillow opens; 1- to 16-bit or float;
+gray, gray + alpha, RGB, RGBA, palette or CMYK) and ``sample:NAME`` for the natural images that
+ship inside scikit-image's wheel. Palette images become RGB (RGBA with a transparent entry),
+1/2/4-bit images 8-bit gray, CMYK images RGB (``(1 - c)(1 - k)``), min-is-white TIFFs ordinary
+gray. OpenEXR files are refused (no installed library reads them), as is anything unreadable or
+truncated, with one line naming the file.
 
 Every reader returns ``float32`` arrays of shape ``[H, W, C]`` (``C`` = 1, 3 or 4) with values
 in ``[0, 1]``: integer images are divided by their type's maximum (255, 65535); float images
@@ -90,28 +94,118 @@ def _load_sample(name: str) -> np.ndarray:
         raise FieldcraftError(f"sample:{name}: could not load from scikit-image ({exc})") from None
 
 
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def _read_file(path: Path) -> np.ndarray:
+    """The stored values of an image file (formats told by their first bytes, not the suffix):
+    PNG (pypng: every bit kept, 1/2/4-bit and palette images expanded), TIFF (tifffile: palette,
+    min-is-white and CMYK converted), anything Pillow opens (JPEG, BMP, GIF, WebP, ...: palette,
+    1-bit and CMYK converted). OpenEXR is refused: no installed library reads it."""
     if not path.exists():
         raise FieldcraftError(f"{path}: no such file")
     if path.is_dir():
         raise FieldcraftError(f"{path}: is a directory, expected an image file")
-    if path.stat().st_size == 0:
-        raise FieldcraftError(f"{path}: empty file")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        if path.suffix.lower() == ".png":  # pypng keeps 16-bit colour channels (Pillow drops to 8)
-            from fieldcraft.io.images import decode_png
-
-            return decode_png(path.read_bytes())
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    except Exception as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FieldcraftError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not data:
+        raise FieldcraftError(f"{path}: empty file (0 bytes)")
+    if data.startswith(EXR_MAGIC) or path.suffix.lower() == ".exr":
+        raise FieldcraftError(f"{path}: OpenEXR images are not supported (no EXR reader is installed); "
+                              "convert it to a 16-bit PNG or a float32 TIFF")
+    try:
+        if data.startswith(PNG_MAGIC):
+            return _decode_png(data)
+        if data[:4] in TIFF_MAGICS:
+            return _decode_tiff(path)
+        return _decode_pillow(path)
+    except FieldcraftError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (each library raises its own types for bad files)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FieldcraftError(f"{path}: unreadable or truncated image ({msg})") from None
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    """PNG codes ``[H, W, C]``: ``uint8`` for bit depths up to 8 (1, 2 and 4-bit values scaled to
+    0..255), ``uint16`` above (significant bits scaled to 0..65535); palettes expanded to RGB(A)."""
+    import png
+
+    width, height, rows, info = png.Reader(bytes=data).asDirect()
+    depth, planes = info["bitdepth"], info["planes"]
+    arr = np.vstack([np.asarray(r, dtype=np.uint16 if depth > 8 else np.uint8) for r in rows])
+    arr = arr.reshape(height, width, planes)
+    top = (1 << depth) - 1
+    if depth < 8:
+        return (arr.astype(np.uint16) * 255 // top).astype(np.uint8)
+    if 8 < depth < 16:
+        return np.rint(arr.astype(np.float64) * (65535.0 / top)).astype(np.uint16)
+    return arr
+
+
+def _decode_tiff(path: Path) -> np.ndarray:
+    """The first series of a TIFF, with palette, min-is-white and CMYK pages converted to RGB / gray."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = np.asarray(tif.asarray())
+        photometric = int(page.photometric)
+        colormap = page.colormap
+        inkset = page.tags.get("InkSet")
+    if photometric == 3 and colormap is not None:  # PALETTE
+        cmap = np.asarray(colormap)
+        if (cmap % 256 == 0).all():  # 8-bit entries stored as v * 256 (Pillow, libtiff's old convention)
+            cmap = (cmap >> 8).astype(np.uint8)
+        elif (cmap % 257 == 0).all():
+            cmap = (cmap // 257).astype(np.uint8)
+        return np.moveaxis(cmap[:, arr], 0, -1)
+    if photometric == 0:  # MINISWHITE: 0 is white
+        if arr.dtype == bool:
+            return ~arr
+        if np.issubdtype(arr.dtype, np.unsignedinteger):
+            return np.iinfo(arr.dtype).max - arr
+    if photometric == 5:  # SEPARATED
+        if (inkset is not None and int(inkset.value) != 1) or arr.ndim != 3 or arr.shape[2] < 4:
+            raise FieldcraftError(f"{path}: separated (ink) TIFF other than CMYK is not supported")
+        return _cmyk_to_rgb(arr)
+    if photometric not in (0, 1, 2):  # MINISWHITE, MINISBLACK, RGB are read as stored
+        raise FieldcraftError(f"{path}: TIFF photometric interpretation {photometric} is not supported "
+                              "(use gray, RGB, palette or CMYK)")
+    return arr
+
+
+def _cmyk_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """``[H, W, 4+]`` CMYK (+ extra channels, kept) to RGB: ``(1 - c)(1 - k)`` per channel, in the input's type."""
+    top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
+    cmyk = arr[..., :4].astype(np.float64) / top
+    rgb = (1.0 - cmyk[..., :3]) * (1.0 - cmyk[..., 3:4]) * top
+    rgb = np.rint(rgb).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else rgb.astype(arr.dtype)
+    return np.concatenate([rgb, arr[..., 4:]], axis=-1)
+
+
+def _decode_pillow(path: Path) -> np.ndarray:
+    """What Pillow opens (first frame), as gray, gray + alpha, RGB or RGBA values of the stored type."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decode now: a truncated file raises here
+        mode = im.mode
+        if mode == "1":
+            im = im.convert("L")
+        elif mode in ("P", "PA"):
+            im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+            im = im.convert("RGB")
+        elif mode == "RGBa":
+            im = im.convert("RGBA")
+        elif mode == "La":
+            im = im.convert("LA")
+        return np.asarray(im).copy()
 
 
 def _to_unit_float(raw: np.ndarray, label: str) -> tuple[np.ndarray, tuple[float, float], int]:

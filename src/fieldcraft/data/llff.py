@@ -25,7 +25,7 @@ import torch
 
 from fieldcraft.data.cameras import Cameras, check_poses
 from fieldcraft.data.scene import PosedImages, read_image, stack_images
-from fieldcraft.errors import FieldcraftError
+from fieldcraft.errors import FieldcraftError, describe
 
 HOLDOUT_EVERY = 8
 BD_FACTOR = 0.75
@@ -40,11 +40,20 @@ def load_llff(root: str | Path, split: str = "train", factor: int | None = None,
     try:
         arr = np.load(source, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 (numpy raises several types for bad files)
-        raise FieldcraftError(f"{source}: unreadable ({type(exc).__name__})") from None
-    if arr.ndim != 2 or arr.shape[1] != 17:
+        raise FieldcraftError(f"{source}: unreadable, not a .npy array ({describe(exc)})") from None
+    if arr.dtype.kind not in "iuf":
+        raise FieldcraftError(f"{source}: expected numeric poses and bounds, got an array of {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != 17 or len(arr) == 0:
         raise FieldcraftError(f"{source}: expected an [n, 17] array (3x5 pose + 2 bounds per view), got {arr.shape}")
     if not np.isfinite(arr).all():
         raise FieldcraftError(f"{source}: view {int(np.nonzero(~np.isfinite(arr).all(1))[0][0])} contains NaN or infinite values")
+    if not (arr[:, 15:] > 0).all():
+        k = int(np.nonzero(~(arr[:, 15:] > 0).all(1))[0][0])
+        raise FieldcraftError(f"{source}: view {k} has depth bounds {arr[k, 15:].tolist()}, they must be positive")
+    if not (arr[:, [4, 9, 14]] > 0).all():
+        k = int(np.nonzero(~(arr[:, [4, 9, 14]] > 0).all(1))[0][0])
+        raise FieldcraftError(f"{source}: view {k} has height, width, focal {arr[k, [4, 9, 14]].tolist()}, "
+                              "they must be positive")
     folder = _image_folder(root, factor)
     files = sorted(p for p in folder.iterdir() if p.suffix in IMAGE_EXTS)
     if len(files) != len(arr):
@@ -53,6 +62,7 @@ def load_llff(root: str | Path, split: str = "train", factor: int | None = None,
     bounds = arr[:, 15:].astype(np.float64)
     h0, _w0, f0 = poses[0, :, 4]
     c2w = np.concatenate([poses[:, :, 1:2], -poses[:, :, 0:1], poses[:, :, 2:4]], axis=2)  # [n, 3, 4] OpenGL
+    check_poses(torch.from_numpy(c2w), str(source), [f"view {k}" for k in range(len(c2w))])
     sc = 1.0 / (bounds.min() * BD_FACTOR)
     c2w[:, :, 3] *= sc
     bounds = bounds * sc

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,52 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise FieldcraftError(f"{path}: expected a JSON object at the top level")
     return data
+
+
+def number(value: object, what: str, source: str | Path, *, positive: bool = False) -> float:
+    """``value`` as a finite float (``positive``: > 0), else one line naming ``what`` and ``source``.
+
+    >>> number("wide", "'camera_angle_x'", "t.json")
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: t.json: 'camera_angle_x' must be a number, got 'wide'
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldcraftError(f"{source}: {what} must be a number, got {value!r:.40}")
+    if not math.isfinite(value):
+        raise FieldcraftError(f"{source}: {what} must be finite, got {value}")
+    if positive and value <= 0:
+        raise FieldcraftError(f"{source}: {what} must be positive, got {value}")
+    return float(value)
+
+
+def dataset_file(root: Path, file_path: object, source: str | Path, label: str) -> Path:
+    """``root / file_path`` for a frame's relative ``file_path``, refused (one line) when it is not a
+    string, is absolute, or leads outside ``root`` (``..``); compared lexically, so symbolic links
+    inside the dataset may point anywhere.
+
+    >>> dataset_file(Path("/data/scene"), "../other/r_0.png", "t.json", "frame 3")
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: t.json: frame 3 'file_path' '../other/r_0.png' points outside the dataset directory /data/scene
+    """
+    if not isinstance(file_path, str) or not file_path.strip():
+        raise FieldcraftError(f"{source}: {label} 'file_path' must be a non-empty string, got {file_path!r:.40}")
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(base, file_path))
+    if os.path.isabs(file_path) or not full.startswith(base + os.sep):
+        raise FieldcraftError(f"{source}: {label} 'file_path' {file_path!r} points outside the dataset directory {root}")
+    return root / os.path.relpath(full, base)
+
+
+def check_unique(paths: list[Path], labels: list[str], source: str | Path) -> None:
+    """One line when two frames name the same image file.
+
+    >>> check_unique([Path("a.png"), Path("b.png"), Path("./a.png")], ["frame 0", "frame 1", "frame 2"], "t.json")
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: t.json: frame 2 repeats the image of frame 0 (a.png)
+    """
+    seen: dict[str, int] = {}
+    for k, p in enumerate(paths):
+        key = os.path.normpath(p)
+        if key in seen:
+            raise FieldcraftError(f"{source}: {labels[k]} repeats the image of {labels[seen[key]]} ({p})")
+        seen[key] = k

@@ -126,7 +126,8 @@ def load_shape(path: str | Path) -> Shape:
     if isinstance(loaded, trimesh.Scene):
         geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if loaded.geometry else []
         if not geoms:
-            raise FieldcraftError(f"{path}: contains no triangle mesh")
+            raise FieldcraftError(f"{path}: contains no triangle mesh (empty, or not a valid "
+                                  f"{path.suffix[1:].upper()} file)")
         loaded = trimesh.util.concatenate(geoms)
     if isinstance(loaded, trimesh.PointCloud):
         return _point_cloud(loaded, path)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fieldcraft.errors import FieldcraftError, check
+from fieldcraft.errors import FieldcraftError, check, reading
 from fieldcraft.geometry.mesh import Normalisation
 from fieldcraft.geometry.surface import SHAPE_LOSSES, extract_surface
 
@@ -62,7 +62,7 @@ def _check_meta(directory: Path, meta: dict[str, Any]) -> None:
     if meta.get("task") != SHAPE_TASK:
         raise FieldcraftError(f"{directory}: not a shape checkpoint (task {meta.get('task')!r}, expected {SHAPE_TASK!r})")
     config = meta.get("config") or {}
-    check(config.get("loss") in SHAPE_LOSSES and "normalisation" in meta,
+    check(isinstance(config, dict) and config.get("loss") in SHAPE_LOSSES and "normalisation" in meta,
           f"{directory}: the shape checkpoint has no loss or normalisation")
 
 
@@ -78,12 +78,14 @@ def load_shape_module(directory: str | Path, device: str | torch.device | None =
     directory = Path(directory)
     device = device or default_device()
     tensors, meta = load_checkpoint(directory, device=device)
-    _check_meta(directory, meta)
-    config = Config.from_dict(meta["config"]["field"])
-    check(isinstance(config, FieldConfig), f"{directory}: the checkpoint's field config is not a Field")
-    field = build_loaded(config.build, tensors, "field").to(device)
+    with reading(directory, "checkpoint"):
+        _check_meta(directory, meta)
+        config = Config.from_dict(meta["config"]["field"])
+        check(isinstance(config, FieldConfig), f"{directory}: the checkpoint's field config is not a Field")
+        field = build_loaded(config.build, tensors, "field").to(device)
+        norm = Normalisation.from_dict(meta["normalisation"])
     field.eval()
-    return field, meta["config"]["loss"], Normalisation.from_dict(meta["normalisation"]), meta
+    return field, meta["config"]["loss"], norm, meta
 
 
 def shape_function(directory: str | Path, device: str | None = None) -> tuple[ShapeFn, str, Normalisation, str]:
@@ -101,11 +103,12 @@ def shape_function(directory: str | Path, device: str | None = None) -> tuple[Sh
         except FieldcraftError:
             arrays, meta = None, None  # e.g. bfloat16 weights: the PyTorch path reads (or reports) it
         if meta is not None:
-            _check_meta(directory, meta)
-            field = numpy_field(meta["config"].get("field") or {}, arrays)
+            with reading(directory, "checkpoint"):
+                _check_meta(directory, meta)
+                field = numpy_field(meta["config"].get("field") or {}, arrays)
+                norm = Normalisation.from_dict(meta["normalisation"])
             if field is not None:
-                return ((lambda p: field(p).reshape(-1)), meta["config"]["loss"],
-                        Normalisation.from_dict(meta["normalisation"]), "numpy")
+                return (lambda p: field(p).reshape(-1)), meta["config"]["loss"], norm, "numpy"
     from fieldcraft.runtime import set_threads
 
     set_threads()

@@ -42,8 +42,24 @@ FORMAT_VERSION = 2
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it
-    over ``path``; on any failure the temporary file is removed and ``path`` is untouched."""
+    over ``path``; on any failure the temporary file is removed and ``path`` is untouched. An
+    ``OSError`` (disk full, no permission) is raised again with ``path`` as its file name (the
+    command line prints ``<path>: <reason>``); a directory in the way is a
+    :class:`~fieldcraft.errors.FieldcraftError`."""
     path = Path(path)
+    try:
+        _atomic_write(path, write)
+    except OSError as exc:
+        kept = "; the previous file is unchanged" if path.is_file() else ""
+        raise OSError(exc.errno, f"{exc.strerror or exc}{kept}", str(path)) from None
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    if path.is_dir():
+        raise FieldcraftError(f"{path}: is a directory, cannot write a file in its place")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise FieldcraftError(f"{path}: cannot write ({blocker} is not a directory)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)

@@ -52,7 +52,7 @@ from fieldcraft.config import Config
 from fieldcraft.coords import pixel_centres
 from fieldcraft.data import ct as ctdata
 from fieldcraft.encodings import DenseGridConfig, FourierFeaturesConfig, HashGridConfig
-from fieldcraft.errors import FieldcraftError, check
+from fieldcraft.errors import FieldcraftError, check, reading
 from fieldcraft.fields import Field, FieldConfig
 from fieldcraft.fields.fixed_points import FixedPointsField
 from fieldcraft.io.checkpoint import atomic_write_bytes, build_loaded, load_checkpoint
@@ -482,8 +482,11 @@ def load_fitted(directory: str | Path, device: str | None = None) -> tuple[Field
 
     tensors, meta = load_checkpoint(Path(directory), device=device or default_device())
     check(meta.get("task") == TASK, f"{directory}: checkpoint is for task {meta.get('task')!r}, not 'ct'")
-    cfg = Config.from_dict(meta["config"])
-    check(isinstance(cfg, CTTaskConfig), f"{directory}: the checkpoint's config is not a CT task config")
-    field = build_loaded(cfg.field.build, tensors, "field")  # type: ignore[attr-defined]
+    with reading(directory, "checkpoint"):
+        cfg = Config.from_dict(meta["config"])
+        check(isinstance(cfg, CTTaskConfig), f"{directory}: the checkpoint's config is not a CT task config")
+        scale = float(meta["value_scale"])
+        check(math.isfinite(scale) and scale > 0, f"{directory}: malformed checkpoint: value_scale {scale} is not positive")
+        field = build_loaded(cfg.field.build, tensors, "field")  # type: ignore[attr-defined]
     field.eval()
-    return field, cfg, float(meta["value_scale"])  # type: ignore[return-value]
+    return field, cfg, scale  # type: ignore[return-value]

@@ -33,7 +33,7 @@ from torch import Tensor
 from fieldcraft.config import Config
 from fieldcraft.coords import pixel_centres
 from fieldcraft.data.images import load_image
-from fieldcraft.errors import check
+from fieldcraft.errors import check, reading
 from fieldcraft.fields import Field, FieldConfig, image_field_config
 from fieldcraft.fields.presets import IMAGE_PRESET_OPTIMIZATION
 from fieldcraft.io.checkpoint import build_loaded, load_checkpoint
@@ -277,8 +277,12 @@ def load_image_field(directory: Path, device: str | None = None) -> tuple[Field,
 
     tensors, meta = load_checkpoint(directory, device=device or default_device())
     check(meta.get("task") in (TASK, "image-gradients"), f"{directory}: checkpoint is for task {meta.get('task')!r}, not image")
-    config = Config.from_dict(meta["field"])
-    check(isinstance(config, FieldConfig), f"{directory}: checkpoint field config is not a Field")
-    field = build_loaded(config.build, tensors, "field")
+    with reading(directory, "checkpoint"):
+        config = Config.from_dict(meta["field"])
+        check(isinstance(config, FieldConfig), f"{directory}: checkpoint field config is not a Field")
+        size = meta["image"]
+        check(isinstance(size, dict) and all(type(size.get(k)) is int and size[k] > 0 for k in ("height", "width")),
+              f"{directory}: malformed checkpoint: its 'image' needs a positive integer height and width")
+        field = build_loaded(config.build, tensors, "field")
     field.eval()
     return field, meta

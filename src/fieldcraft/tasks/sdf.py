@@ -535,10 +535,11 @@ def fit_autodecoder(sources: list, out: str | Path, config: AutoDecoderConfig, b
     config = run.config  # type: ignore[assignment]
     sources = [str(s) for s in sources]
     _check_sources(run, sources)
+    shapes = [load_shape(src) for src in sources]  # every file checked before any sampling
     samples, norms = [], []
     t0 = time.perf_counter()
-    for src in sources:
-        normed, norm = prepare_shape(load_shape(src), config.task)
+    for shape in shapes:
+        normed, norm = prepare_shape(shape, config.task)
         samples.append(make_samples(normed, config.task).to(run.device))
         norms.append(norm)
     sampling = time.perf_counter() - t0

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from fieldcraft.config import Config
-from fieldcraft.errors import FieldcraftError
+from fieldcraft.errors import FieldcraftError, reading
 from fieldcraft.io.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -100,24 +100,30 @@ class Run:
             b = budget or default_budget
             if b is None:
                 raise FieldcraftError("give a budget: --steps N or --seconds S")
-            _writable(out)
-            if (out / HISTORY_NAME).exists():
-                (out / HISTORY_NAME).unlink()
+            _writable(out)  # the old run's history.jsonl goes when the trainer starts (inputs read by then)
             return Run(out, task, requested, b, device)
         if not has_ckpt:
             raise FieldcraftError(f"{out}: --resume needs a checkpoint here ({CHECKPOINT_NAME}), found none")
         tensors, meta = load_checkpoint(out, device=device)
         if meta.get("task") not in (tasks or (task,)):
             raise FieldcraftError(f"{out}: the checkpoint is of task {meta.get('task')!r}, not {task!r}")
-        try:
+        path = out / CHECKPOINT_NAME
+        if "config" not in meta:
+            raise FieldcraftError(f"{path}: the checkpoint holds no run config to resume")
+        with reading(path, "checkpoint header"):
             stored = Config.from_dict(meta["config"])
-        except KeyError:
-            raise FieldcraftError(f"{out / CHECKPOINT_NAME}: the checkpoint holds no run config to resume") from None
+            step, seconds = meta.get("step", 0), meta.get("seconds", 0.0)
+            if type(step) is not int or step < 0:
+                raise FieldcraftError(f"{path}: malformed checkpoint header: 'step' must be an integer >= 0, got {step!r:.40}")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+                raise FieldcraftError(f"{path}: malformed checkpoint header: 'seconds' must be a number >= 0, "
+                                      f"got {seconds!r:.40}")
+            stored_budget = Budget.from_dict(meta["budget"]) if meta.get("budget") else None
         kept = kept_settings(stored, requested, given)
         if kept:
             print(f"fieldcraft: --resume keeps the run's stored settings: {', '.join(kept)}; "
                   f"start a new run (--overwrite) to change them", file=sys.stderr, flush=True)
-        b = budget or (Budget.from_dict(meta["budget"]) if meta.get("budget") else default_budget)
+        b = budget or stored_budget or default_budget
         if b is None:
             raise FieldcraftError("give a budget: --steps N or --seconds S")
         return Run(out, task, stored, b, device, tensors, meta)
@@ -136,8 +142,10 @@ class Run:
         trainer = Trainer(model, objective, optimizer, self.budget, checkpoint=checkpoint, **loop)
         trainer.meta = dict(meta or {})
         if self.resumed:
-            self.restore(trainer, prefix)
+            with reading(self.out / CHECKPOINT_NAME, "checkpoint"):
+                self.restore(trainer, prefix)
         else:
+            (self.out / HISTORY_NAME).unlink(missing_ok=True)
             trainer.history = History(path=self.out / HISTORY_NAME)
         return trainer
 

@@ -27,7 +27,7 @@ import torch
 from fieldcraft.config import Config
 from fieldcraft.data.cameras import Cameras
 from fieldcraft.data.scene import PosedImages, composite, load_posed_images
-from fieldcraft.errors import check
+from fieldcraft.errors import check, reading
 from fieldcraft.io.checkpoint import build_loaded, load_checkpoint
 from fieldcraft.metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
 from fieldcraft.render.cameras import orbit
@@ -44,14 +44,21 @@ def load_model(out_dir: str | Path, averaged: bool = True, device: str | None = 
     device = device or default_device()
     tensors, meta = load_checkpoint(Path(out_dir), device=device)
     check(meta.get("task") == TASK, f"{out_dir}: the checkpoint is of task {meta.get('task')!r}, not {TASK!r}")
-    config = Config.from_dict(meta["config"])
-    check(isinstance(config, NerfConfig), f"{out_dir}: the checkpoint's config is not a NeRF config")
-    aabb = torch.tensor(meta["aabb"])
-    model = build_loaded(lambda: NerfModel(config, aabb, bool(meta["ndc"])), tensors, "model").to(device)
-    if averaged and any(k.startswith("extra.ema.") for k in tensors):
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(tensors[f"extra.ema.{n}"])
+    with reading(out_dir, "checkpoint"):
+        config = Config.from_dict(meta["config"])
+        check(isinstance(config, NerfConfig), f"{out_dir}: the checkpoint's config is not a NeRF config")
+        aabb = torch.tensor(meta["aabb"], dtype=torch.float32)
+        check(aabb.shape == (2, 3) and bool(torch.isfinite(aabb).all()) and bool((aabb[1] > aabb[0]).all()),
+              f"{out_dir}: malformed checkpoint: 'aabb' must be [[min x, y, z], [max x, y, z]], got {meta['aabb']!r:.80}")
+        model = build_loaded(lambda: NerfModel(config, aabb, bool(meta["ndc"])), tensors, "model").to(device)
+        if averaged and any(k.startswith("extra.ema.") for k in tensors):
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(tensors[f"extra.ema.{n}"])
+        check(isinstance(meta.get("data"), str), f"{out_dir}: malformed checkpoint: no dataset path ('data')")
+        for key in ("near", "far", "step", "seconds"):
+            check(key not in meta or isinstance(meta[key], (int, float)),
+                  f"{out_dir}: malformed checkpoint: {key!r} is not a number")
     model.eval()
     return model, meta
 
