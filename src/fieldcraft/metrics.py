@@ -18,8 +18,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: the numpy metrics do not need it
+    import torch
 
 PSNR_DEFINITION = "10 log10(R^2 / MSE), MSE over all pixels and channels, R = data range (1 for [0, 1] values)"
 SSIM_DEFINITION = ("Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, population covariance, K1 0.01, K2 0.03, "
@@ -34,6 +38,21 @@ def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
     if mse == 0:
         return math.inf
     return 10.0 * math.log10(data_range**2 / mse)
+
+
+def psnr_of_mse(mse: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Elementwise PSNR of a tensor of MSEs (e.g. one per signal of a batch), on its device: the same
+    definition as :func:`psnr_from_mse` (``inf`` for 0, ``nan`` for non-finite or negative values).
+
+    >>> import torch
+    >>> psnr_of_mse(torch.tensor([0.01, 0.0, float("nan")]))
+    tensor([20., inf, nan])
+    """
+    import torch
+
+    m = mse.double()
+    out = 10.0 * torch.log10(data_range**2 / m)
+    return torch.where(torch.isfinite(m) & (m >= 0), out, torch.full_like(out, float("nan"))).to(mse.dtype)
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:

@@ -182,6 +182,9 @@ def fit_image(config: ImageFitConfig, out: Path, budget: Budget | None = None, *
     the user set (on resume, stored settings are kept and the differing given ones reported)."""
     from fieldcraft.runtime import default_device
 
+    preset_lr, preset_decay = IMAGE_PRESET_OPTIMIZATION.get(config.preset, (1e-3, 1.0))
+    config = config.replace(lr=preset_lr if config.lr is None else config.lr,  # stored explicitly
+                            lr_decay=preset_decay if config.lr_decay is None else config.lr_decay)
     run = Run.open(out, TASK, config, resume=resume, given=given, budget=budget, default_budget=Budget(steps=2000),
                    device=device or default_device(), overwrite=overwrite)
     config = run.config  # type: ignore[assignment]
