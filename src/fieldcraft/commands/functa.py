@@ -36,13 +36,14 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     f.add_argument("--batch-size", type=int, default=32, help="signals per outer step (default 32)")
     f.add_argument("--lr", type=float, default=5e-4, help="outer Adam learning rate, cosine decay to 0.1x "
                    "(default 5e-4)")
-    f.add_argument("--prior-steps", type=int, default=4000, help="steps of the DDPM prior fitted at the end (0: none)")
+    f.add_argument("--prior-steps", type=int, default=20000, help="steps of the DDPM prior fitted at the end "
+                   "(default 20000; 0: none)")
     f.add_argument("--seed", type=int, default=0)
     add_fit_arguments(f)
     f.set_defaults(func=_fit_functa)
 
     p = verbs["fit"].add_parser("functa-prior", help="fit (again) the DDPM prior of a functa's training latents",
-                                description="Fit a DDPM on DIR/latents.safetensors into DIR/prior (default 4000 steps).")
+                                description="Fit a DDPM on DIR/latents.safetensors into DIR/prior (default 20000 steps).")
     p.add_argument("directory", type=Path, help="output directory of 'fit functa'")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)

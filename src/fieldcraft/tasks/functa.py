@@ -83,7 +83,7 @@ class FunctaFitConfig(Config):
     batch_size: int = 32
     lr: float = 5e-4
     seed: int = 0
-    prior_steps: int = 4000
+    prior_steps: int = 20000
 
     def network(self, channels: int) -> FunctaNetConfig:
         return FunctaNetConfig(channels=channels, latent=self.latent, width=self.width, layers=self.layers,
@@ -454,7 +454,7 @@ def fit_prior(functa_dir: Path, budget: Budget | None = None, *, resume: bool = 
 
     config = config or PriorFitConfig(seed=seed)
     run = Run.open(Path(functa_dir) / PRIOR_DIR, PRIOR_TASK, config, resume=resume, given=given, budget=budget,
-                   default_budget=Budget(steps=4000), device=device or default_device(), overwrite=overwrite)
+                   default_budget=Budget(steps=20000), device=device or default_device(), overwrite=overwrite)
     config = run.config  # type: ignore[assignment]
     z, _, _ = read_latents(Path(functa_dir) / "latents.safetensors")
     latents = torch.from_numpy(z).to(run.device)
