@@ -80,7 +80,8 @@ class LatentClassifier(nn.Module):
 class ClassifierFitConfig(Config):
     """- ``latents``: the training latents (file or ``encode functa`` directory; must hold labels).
     - ``width``, ``layers``, ``dropout``: the MLP. ``batch_size``, ``lr``, ``weight_decay``: Adam.
-    - ``noise``: std of Gaussian noise added to the standardised training latents (augmentation; 0: none).
+    - ``noise``: Gaussian noise added to the training latents, in units of each coordinate's standard
+      deviation (augmentation; 0: none).
     - ``seed``: initialisation, batches and noise."""
 
     type_name = "ClassifierFit"
@@ -91,7 +92,7 @@ class ClassifierFitConfig(Config):
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    noise: float = 0.0
+    noise: float = 0.3
     seed: int = 0
 
     def optimizer(self) -> OptimizerConfig:
