@@ -16,7 +16,9 @@ Steps (each one a fieldcraft command; the equivalent command lines are stored in
    (the fit's ``--encode-steps``), and of the held-out digits with 3 and 20 inner steps.
 3. ``fit classifier`` on the training latents, ``eval classifier`` on the held-out ones; the
    same classifier (same settings) on PCA coefficients.
-4. ``encode functa --observe random:0.25`` and ``--observe top-half`` on the held-out digits.
+4. ``encode functa --observe random:0.25`` and ``--observe top-half`` on the held-out digits,
+   beside two baselines on the same pixels: the mean training digit, and (random pixels)
+   Clough-Tocher cubic interpolation of the observed pixels (``fit image``'s held-out baseline).
 5. ``fit functa-encoder`` (CNN) on the training digits, then ``encode functa --encoder`` with 0
    and with the fit's (training) inner steps: PSNR and seconds per signal against the inner loop alone.
 
@@ -69,6 +71,25 @@ def pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def pca_psnrs(mean: np.ndarray, axes: np.ndarray, x: np.ndarray) -> np.ndarray:
     recon = dequantize(quantize(np.clip((x - mean) @ axes.T @ axes + mean, 0, 1), 16))
     return np.array([psnr(a, b) for a, b in zip(x, recon)])
+
+
+def imputation_baselines(x: np.ndarray, mean_digit: np.ndarray, spec: str, cubic_count: int = 300) -> dict:
+    """PSNR over the unobserved pixels of ``x`` ``[N, H, W, 1]`` predicted by the mean training digit and,
+    for scattered pixels, by Clough-Tocher cubic interpolation of the observed ones (first ``cubic_count``
+    images); the masks are ``encode functa --observe spec``'s (seed 0)."""
+    import torch
+
+    from fieldcraft.latents.functa import observation_mask
+    from fieldcraft.tasks.image import cubic_prediction
+
+    n, h, w, _ = x.shape
+    m = observation_mask(spec, h, w, torch.arange(n)).numpy().reshape(n, h, w) > 0
+    out = {"mean_digit_unobserved": float(np.mean([psnr(x[i][~m[i]], mean_digit[~m[i]]) for i in range(n)]))}
+    if spec.startswith("random:"):
+        k = min(cubic_count, n)
+        out[f"cubic_unobserved_first_{k}"] = float(np.mean([psnr(x[i][~m[i]], cubic_prediction(x[i], m[i])[~m[i]])
+                                                            for i in range(k)]))
+    return out
 
 
 def main() -> int:
@@ -152,6 +173,8 @@ def main() -> int:
     for spec in ("random:0.25", "top-half"):
         m = encode(f"VAL_{spec.replace(':', '_')}", val_src, "--observe", spec)
         result[f"impute_{spec}"] = {k: m[k] for k in ("mean_psnr", "mean_psnr_observed", "mean_psnr_unobserved")}
+        result[f"impute_{spec}"]["baselines"] = imputation_baselines(
+            xva.reshape(len(va), 28, 28, 1), xtr.mean(0).reshape(28, 28, 1), spec)
 
     # hypernetwork (CNN encoder) vs inner loop
     H = work / "H"
