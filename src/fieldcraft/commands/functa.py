@@ -118,7 +118,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--lr", type=float, default=1e-3)
     c.add_argument("--weight-decay", type=float, default=1e-4)
-    c.add_argument("--noise", type=float, default=0.3, help="Gaussian noise (in standard deviations) added to "
+    c.add_argument("--noise", type=float, default=0.7, help="Gaussian noise (in standard deviations) added to "
                    "training latents (default 0.3; 0: none)")
     c.add_argument("--seed", type=int, default=0)
     add_fit_arguments(c)

@@ -92,7 +92,7 @@ class ClassifierFitConfig(Config):
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    noise: float = 0.3
+    noise: float = 0.7
     seed: int = 0
 
     def optimizer(self) -> OptimizerConfig:
