@@ -540,9 +540,14 @@ def nerfstudio_focal_negative(c):
     return c.fit("nerf", str(_nerfstudio(c, lambda m: m.update(fl_x=-50.0))))
 
 
-@case("transforms.json", "distortion")
-def nerfstudio_distortion(c):
-    return c.fit("nerf", str(_nerfstudio(c, lambda m: m.update(k1=0.1))))
+@case("transforms.json", "EQUIRECTANGULAR")
+def nerfstudio_unsupported_camera_model(c):
+    return c.fit("nerf", str(_nerfstudio(c, lambda m: m.update(camera_model="EQUIRECTANGULAR"))))
+
+
+@case("transforms.json", "k1")
+def nerfstudio_distortion_not_a_number(c):
+    return c.fit("nerf", str(_nerfstudio(c, lambda m: m.update(k1="0.1x"))))
 
 
 @case("transforms.json", "frame 1", "outside")
@@ -563,7 +568,7 @@ def nerfstudio_matrix_not_rigid(c):
     return c.fit("nerf", str(_nerfstudio(c, edit)))
 
 
-@case("r_8.png", "the json says")
+@case("r_8.png", "transforms.json says")
 def nerfstudio_size_mismatch(c):
     return c.fit("nerf", str(_nerfstudio(c, lambda m: m.update(w=50, h=50))))
 

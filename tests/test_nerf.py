@@ -259,10 +259,12 @@ def test_nerfstudio_reader(tmp_path):
     assert len(train) + len(test) == 13 and len(test) == 2  # frames 0 and 8 held out
     assert float(train.cameras.fx[2]) == pytest.approx(2 * float(train.cameras.fx[0]))  # frame 3 is train index 2
     assert torch.allclose(train.aabb, torch.tensor([[-1.515] * 3, [1.515] * 3]), atol=1e-3)  # 1 / (2 * 0.33)
-    bad = _nerfstudio_copy(tmp_path / "d", k1=-0.1, camera_model="OPENCV")
+    distorted = load_posed_images(_nerfstudio_copy(tmp_path / "d", k1=-0.1, camera_model="OPENCV"), "train")
+    assert distorted.cameras.distortion[0].tolist() == pytest.approx([-0.1, 0, 0, 0, 0, 0])  # loaded (test_nerf_real.py)
+    bad = _nerfstudio_copy(tmp_path / "e", camera_model="EQUIRECTANGULAR")
     with pytest.raises(FieldcraftError) as e:
         load_posed_images(bad, "train")
-    _one_line(e, "transforms.json", "distortion", "k1=-0.1", "undistort")
+    _one_line(e, "transforms.json", "EQUIRECTANGULAR", "not supported")
 
 
 def test_llff_reader():

@@ -1,6 +1,7 @@
 """The ``fieldcraft`` command line: ``fieldcraft <verb> <task> ...``.
 
-Verbs: ``fit``, ``render``, ``eval``, ``export``, ``encode``, ``sample``. Each task's sub-commands live in their own
+Verbs: ``fit``, ``render``, ``eval``, ``export``, ``encode``, ``sample``. Top-level commands:
+``compress``, ``decompress`` (the neural image codec). Each task's sub-commands live in their own
 module under :mod:`fieldcraft.commands` and register themselves through ``register(verbs)``;
 registering imports no PyTorch, and a command that does not need it sets ``uses_torch=False``
 as a parser default.
@@ -25,7 +26,10 @@ VERBS = {
     "sample": "draw new signals from a fitted generative model (functa)",
 }
 # one module per task under fieldcraft.commands; each defines register(verbs)
-COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa")
+COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa", "codec")
+# top-level commands that are not ``<verb> <task>`` (``fieldcraft compress IMG``): a module adds
+# them through ``verbs[TOP_LEVEL]``
+TOP_LEVEL = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, help_text in VERBS.items():
         p = sub.add_parser(verb, help=help_text, allow_abbrev=False)
         verbs[verb] = _NoAbbrev(p.add_subparsers(dest="task", metavar="TASK", required=True))
+    verbs[TOP_LEVEL] = _NoAbbrev(sub)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"fieldcraft.commands.{name}")
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "uses_torch", True):  # torch-free commands (export mesh) skip importing it
         set_threads()
     try:
+        _start_distributed(args)
         result = args.func(args)
     except FieldcraftError as exc:
         if args.debug:
@@ -91,7 +97,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fieldcraft: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "fieldcraft.train.distributed" in sys.modules:
+            sys.modules["fieldcraft.train.distributed"].shutdown()
     return int(result or 0)
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1): join the process group of a ``fit`` command
+    (:mod:`fieldcraft.train.distributed`); other verbs refuse. Without torchrun: nothing."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return
+    from fieldcraft.errors import FieldcraftError
+    from fieldcraft.runtime import default_device
+    from fieldcraft.train import distributed
+
+    if not distributed.launched():
+        return
+    if args.verb != "fit":
+        raise FieldcraftError(f"{args.verb} {getattr(args, 'task', '')}".strip() + ": only fit commands run as several "
+                              "ranks (torchrun); "
+                              "run it as one process")
+    args.device = distributed.init(getattr(args, "device", None) or default_device())
 
 
 def run() -> None:

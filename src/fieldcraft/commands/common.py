@@ -75,6 +75,10 @@ def report(out: Path, metrics: dict[str, Any]) -> int:
     130 when a signal stopped it (outputs and checkpoint are written either way)."""
     from fieldcraft.io.records import finite
 
+    recorded = _record_ranks(Path(out), metrics)
+    if recorded is None:  # a rank other than 0: rank 0 reports
+        return EXIT_STOPPED if metrics.get("stopped") else 0
+    metrics = recorded
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
              if not isinstance(v, (list, dict))}
     print(json.dumps(finite(shown)))
@@ -84,3 +88,23 @@ def report(out: Path, metrics: dict[str, Any]) -> int:
         return EXIT_STOPPED
     print(f"outputs in {out}")
     return 0
+
+
+def _record_ranks(out: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """For a fit run as several ranks (torchrun): ``world_size`` and ``global_batch`` added to the
+    metrics and to ``out/metrics.json`` (written from the metrics when the task writes none), by
+    rank 0; None on the other ranks (they report nothing). Unchanged in a single process."""
+    import sys
+
+    dist = sys.modules.get("fieldcraft.train.distributed")
+    if dist is None or not dist.active():
+        return metrics
+    if not dist.is_main():
+        return None
+    from fieldcraft.io.records import write_json
+
+    extra = {"world_size": dist.world()[1], "global_batch": dist.global_batch()}
+    path = out / "metrics.json"
+    stored = json.loads(path.read_text()) if path.exists() else dict(metrics)
+    write_json(path, {**stored, **extra})
+    return {**metrics, **extra}

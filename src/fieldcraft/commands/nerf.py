@@ -13,23 +13,30 @@ from fieldcraft.commands.common import (
     report,
 )
 
-PRESETS = ("instant", "vanilla", "tiny")  # fieldcraft.tasks.nerf.PRESETS (not imported: registering needs no torch)
+PRESETS = ("instant", "vanilla", "tiny", "tensorf", "nerfacto")  # fieldcraft.tasks.nerf.PRESETS (not imported: registering needs no torch)
 
 
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p = verbs["fit"].add_parser(
         "nerf", help="fit a radiance field to posed images",
-        description="Fit a NeRF to a Blender (transforms_*.json), nerfstudio/instant-ngp (transforms.json) or "
-                    "LLFF (poses_bounds.npy) dataset. Writes checkpoint.safetensors (+ config.json, a readable copy "
+        description="Fit a NeRF to a Blender (transforms_*.json), nerfstudio/instant-ngp (transforms.json), "
+                    "LLFF (poses_bounds.npy) or COLMAP (sparse model: cameras/images/points3D .bin/.txt) dataset. Writes checkpoint.safetensors (+ config.json, a readable copy "
                     "of its header) and history.jsonl to --out, every --checkpoint-every seconds and at the end.")
     p.add_argument("data", help="dataset directory")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--preset", default="instant", choices=PRESETS, help="instant (default), vanilla or tiny")
+    p.add_argument("--preset", default=None, choices=PRESETS,
+                   help="instant, vanilla, tiny, tensorf or nerfacto (default: nerfacto for unbounded real captures "
+                        "(COLMAP, transforms.json with aabb_scale > 1), instant otherwise; the choice is printed)")
     add_fit_arguments(p)
     p.add_argument("--background", default=None, choices=["white", "black", "random"],
                    help="background RGBA images are composited on (default: the preset's; random = random colour "
                         "per ray while training, white for evaluation)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--downscale", type=int, default=None, metavar="N",
+                   help="shrink the images N times on load (anti-aliased; nerfstudio's images_N/ when present); "
+                        "evaluation and rendering read them the same way (default 1, or the stored factor on --resume)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="drop frames whose image file is missing (says how many) instead of stopping")
     p.set_defaults(func=_fit)
 
     e = verbs["eval"].add_parser("nerf", help="render a split of the dataset and score it",
@@ -42,36 +49,75 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--limit", type=int, default=None, help="only the first N views")
     e.add_argument("--last-weights", action="store_true",
                    help="evaluate the last step's weights, not their running average (runs with ema_decay > 0)")
+    e.add_argument("--octree", type=Path, default=None, metavar="FILE",
+                   help="evaluate this baked octree ('export nerf --format octree') instead of the field, "
+                        "into DIR/eval/<split>-octree/ (adds milliseconds per view)")
     add_device_argument(e)
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval)
 
     r = verbs["render"].add_parser("nerf", help="render a fitted radiance field (orbit video)")
     r.add_argument("directory", type=Path, help="output directory of 'fit nerf'")
-    r.add_argument("--orbit", action="store_true", help="camera orbit around the scene (the only camera path)")
+    r.add_argument("--orbit", action="store_true", help="camera orbit around the scene")
+    r.add_argument("--path", action="store_true",
+                   help="along the captured camera path (training poses in the dataset's order, smoothed)")
     r.add_argument("--frames", type=int, default=60)
     r.add_argument("--fps", type=int, default=30)
     r.add_argument("--out", required=True, type=Path, help="video file: .mp4 (needs imageio-ffmpeg, else GIF) or .gif")
     r.add_argument("--data", default=None, help="dataset directory (default: the one fitted)")
+    r.add_argument("--octree", type=Path, default=None, metavar="FILE",
+                   help="render this baked octree ('export nerf --format octree') instead of the field")
     add_device_argument(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_render)
 
+    x = verbs["export"].add_parser("nerf", help="bake a fitted radiance field (sparse voxel octree)",
+                                   description="Bakes density and spherical-harmonic colour into a sparse voxel grid "
+                                               "(PlenOctrees) that 'eval nerf --octree' and 'render nerf --octree' "
+                                               "render fast; format in docs/octree.md.")
+    x.add_argument("directory", type=Path, help="output directory of 'fit nerf'")
+    x.add_argument("--format", required=True, choices=["octree", "ply"],
+                   help="octree: sparse voxel grid (.octree file); ply: coloured point cloud of the surface the "
+                        "training views see (every --stride-th pixel where opacity >= 0.95)")
+    x.add_argument("--stride", type=int, default=4, help="ply: every N-th pixel of each training view (default 4)")
+    x.add_argument("--out", required=True, type=Path, help="file to write")
+    x.add_argument("--resolution", type=int, default=256, help="voxels along each axis of the box (default 256)")
+    x.add_argument("--sh-degree", type=int, default=1, help="highest SH band of the colour, 0-3 (default 1)")
+    x.add_argument("--prune-weight", type=float, default=1e-2,
+                   help="empty voxels whose largest weight over the training rays is below this (default 1e-2)")
+    add_device_argument(x)
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=_export)
+
 
 def _fit(args: argparse.Namespace) -> int:
-    from fieldcraft.data.scene import forward_facing
+    from fieldcraft.data.scene import dataset_scene, forward_facing
     from fieldcraft.tasks.nerf import fit, nerf_config
 
-    config = nerf_config(args.preset, args.background, ndc=forward_facing(args.data), seed=args.seed)
+    preset = args.preset
+    if preset is None:
+        scene, why = dataset_scene(args.data)
+        preset = "nerfacto" if scene == "unbounded" else "instant"
+        if not args.resume:
+            print(f"fit nerf: preset {preset} ({why}: {scene} scene; --preset chooses another)")
+    config = nerf_config(preset, args.background, ndc=forward_facing(args.data), seed=args.seed)
     metrics = fit(config, args.data, args.out, budget_from_args(args), resume=args.resume, progress=not args.quiet,
                   device=device_from_args(args), given=tuple(args.given), overwrite=args.overwrite,
-                  checkpoint_seconds=args.checkpoint_every)
+                  checkpoint_seconds=args.checkpoint_every, downscale=args.downscale, skip_missing=args.skip_missing)
     return report(args.out, metrics)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from fieldcraft.tasks.nerf import evaluate
 
+    if args.octree is not None:
+        from fieldcraft.tasks.nerf.baked import evaluate_octree
+
+        m = evaluate_octree(args.directory, args.octree, args.split, data_path=args.data, max_images=args.limit,
+                            progress=not args.quiet, device=args.device)
+        print(f"{args.split} (octree): {m['views']} views, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
+              f"{m['ms_per_view']:.1f} ms a view -> {m['directory']}")
+        return 0
     m = evaluate(args.directory, args.split, data_path=args.data, max_images=args.limit, progress=not args.quiet,
                  averaged=not args.last_weights, device=device_from_args(args))
     print(f"{args.split}: {m['views']} views, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} -> {m['directory']}")
@@ -82,9 +128,42 @@ def _render(args: argparse.Namespace) -> int:
     from fieldcraft.errors import FieldcraftError
     from fieldcraft.tasks.nerf import render_orbit
 
-    if not args.orbit:
-        raise FieldcraftError("render nerf: choose a camera path (--orbit)")
+    if args.orbit == args.path:
+        raise FieldcraftError("render nerf: choose one camera path (--orbit or --path)")
+    if args.octree is not None:
+        if args.path:
+            raise FieldcraftError("render nerf --octree: renders the orbit only (use --orbit)")
+        from fieldcraft.tasks.nerf.baked import render_orbit_octree
+
+        path = render_orbit_octree(args.directory, args.octree, args.out, frames=args.frames, fps=args.fps,
+                                   data_path=args.data, progress=not args.quiet, device=args.device)
+        print(f"wrote {path}")
+        return 0
     path = render_orbit(args.directory, args.out, frames=args.frames, fps=args.fps, data_path=args.data,
-                        progress=not args.quiet, device=device_from_args(args))
+                        progress=not args.quiet, device=device_from_args(args), path=args.path)
     print(f"wrote {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.format == "ply":
+        from fieldcraft.tasks.nerf.pointcloud import point_cloud
+
+        cloud = point_cloud(args.directory, args.out, stride=args.stride, progress=not args.quiet,
+                            device=device_from_args(args))
+        print(f"{cloud['points']} points -> {cloud['path']}")
+        return 0
+    from fieldcraft.io.octree_file import save_octree
+    from fieldcraft.tasks.nerf.bake import BakeConfig, bake
+
+    config = BakeConfig(resolution=args.resolution, sh_degree=args.sh_degree, prune_weight=args.prune_weight)
+    tree, stats = bake(args.directory, config, device=device_from_args(args), progress=not args.quiet)
+    path = save_octree(args.out, tree)
+    from fieldcraft.render.octree import use_fast_kernels
+
+    if use_fast_kernels():  # compile the renderer now (cached on disk), not in the first 'eval --octree'
+        from fieldcraft.kernels.octree import warm_up
+
+        warm_up()
+    print(f"{stats['bricks']} bricks, {stats['voxels']} voxels ({path.stat().st_size / 1e6:.1f} MB) -> {path}")
     return 0

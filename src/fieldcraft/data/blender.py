@@ -17,15 +17,26 @@ from pathlib import Path
 import torch
 
 from fieldcraft.data.cameras import Cameras, pose_from_json
-from fieldcraft.data.scene import PosedImages, check_unique, dataset_file, number, read_image, read_json, stack_images
+from fieldcraft.data.scene import (
+    PosedImages,
+    check_unique,
+    dataset_file,
+    number,
+    present_frames,
+    read_image,
+    read_json,
+    stack_images,
+)
 from fieldcraft.errors import FieldcraftError
 
 AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
 NEAR, FAR = 2.0, 6.0
 
 
-def load_blender(root: str | Path, split: str = "train", max_images: int | None = None) -> PosedImages:
-    """Read ``root/transforms_{split}.json`` and its images."""
+def load_blender(root: str | Path, split: str = "train", max_images: int | None = None, *, downscale: int = 1,
+                 skip_missing: bool = False) -> PosedImages:
+    """Read ``root/transforms_{split}.json`` and its images (float32; ``downscale``, ``skip_missing``:
+    :mod:`fieldcraft.data.scene`)."""
     root = Path(root)
     source = root / f"transforms_{split}.json"
     meta = read_json(source)
@@ -46,8 +57,10 @@ def load_blender(root: str | Path, split: str = "train", max_images: int | None 
         mats.append(pose_from_json(fr["transform_matrix"], str(source), k))
         paths.append(_image_path(dataset_file(root, fr["file_path"], source, f"frame {k}")))
     check_unique(paths, [f"frame {k}" for k in range(len(paths))], source)
-    c2w = torch.stack(mats).float()
-    arrays = [read_image(p) for p in paths]
+    keep = present_frames(paths, [f"frame {k}" for k in range(len(paths))], source, skip_missing)
+    paths = [paths[k] for k in keep]
+    c2w = torch.stack([mats[k] for k in keep]).float()
+    arrays = [read_image(p, downscale) for p in paths]
     images = stack_images(arrays, paths)
     h, w = images.shape[1:3]
     cams = Cameras.from_fov(c2w, angle, w, h)

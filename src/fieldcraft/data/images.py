@@ -133,12 +133,9 @@ def _read_file(path: Path) -> np.ndarray:
 def _decode_png(data: bytes) -> np.ndarray:
     """PNG codes ``[H, W, C]``: ``uint8`` for bit depths up to 8 (1, 2 and 4-bit values scaled to
     0..255), ``uint16`` above (significant bits scaled to 0..65535); palettes expanded to RGB(A)."""
-    import png
+    from fieldcraft.io.images import decode_png_depth
 
-    width, height, rows, info = png.Reader(bytes=data).asDirect()
-    depth, planes = info["bitdepth"], info["planes"]
-    arr = np.vstack([np.asarray(r, dtype=np.uint16 if depth > 8 else np.uint8) for r in rows])
-    arr = arr.reshape(height, width, planes)
+    arr, depth = decode_png_depth(data)
     top = (1 << depth) - 1
     if depth < 8:
         return (arr.astype(np.uint16) * 255 // top).astype(np.uint8)

@@ -33,8 +33,10 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 def load_llff(root: str | Path, split: str = "train", factor: int | None = None,
-              max_images: int | None = None) -> PosedImages:
-    """Read ``root/poses_bounds.npy`` and ``root/images_{factor}/`` (the smallest available if None)."""
+              max_images: int | None = None, *, downscale: int = 1, skip_missing: bool = False) -> PosedImages:
+    """Read ``root/poses_bounds.npy`` and ``root/images_{factor}/`` (the smallest available if None),
+    those images shrunk ``downscale`` times more on load (``uint8``). ``skip_missing`` has nothing
+    to skip: the images are the folder's files, one per pose."""
     root = Path(root)
     source = root / "poses_bounds.npy"
     try:
@@ -72,14 +74,15 @@ def load_llff(root: str | Path, split: str = "train", factor: int | None = None,
     if max_images is not None:
         keep = keep[:max_images]
     paths = [files[k] for k in keep]
-    images = stack_images([read_image(p) for p in paths], paths)
+    images = stack_images([read_image(p, downscale, uint8=True) for p in paths], paths)
     h, w = images.shape[1:3]
     f = f0 * h / h0
     n = len(keep)
     full = lambda v: torch.full((n,), float(v))
     cams = Cameras(check_poses(torch.from_numpy(c2w[keep]), str(source)), full(f), full(f), full(w / 2), full(h / 2), w, h)
     aabb = torch.tensor([[-1.5, -1.5, -1.0], [1.5, 1.5, 1.0]])  # NDC x, y of off-centre views exceed [-1, 1]
-    return PosedImages(images[..., :3].float(), cams, [p.name for p in paths], 0.0, 1.0, aabb, True, str(source), "llff")
+    return PosedImages(images[..., :3].contiguous(), cams, [p.name for p in paths], 0.0, 1.0, aabb, True, str(source), "llff",
+                       scene="forward")
 
 
 def _image_folder(root: Path, factor: int | None) -> Path:

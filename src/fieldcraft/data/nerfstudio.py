@@ -9,9 +9,18 @@ Scene box: instant-ngp maps world points by ``p * scale + offset`` (defaults 0.3
 the unit cube and enlarges it to ``aabb_scale`` (default 1) cubes; fieldcraft uses the same box
 in world units, ``centre = (0.5 - offset) / scale``, half-size ``aabb_scale / (2 scale)``.
 
-Lens distortion (non-zero ``k1..k4``, ``p1``, ``p2``) and camera models other than ``OPENCV``,
-``PINHOLE``, ``SIMPLE_PINHOLE`` (e.g. ``OPENCV_FISHEYE``) are *rejected* with a message: undistort the
-images first (e.g. ``ns-process-data`` or COLMAP ``image_undistorter``).
+Camera models (``camera_model``, top level or per frame; instant-ngp's ``is_fisheye: true`` means
+``OPENCV_FISHEYE``): ``OPENCV`` (default), ``PINHOLE``, ``SIMPLE_PINHOLE``, ``SIMPLE_RADIAL``,
+``RADIAL`` with coefficients ``k1, k2, k3, k4, p1, p2`` (absent ones 0) and ``OPENCV_FISHEYE``
+with ``k1..k4``; rays are undistorted in ray generation (:mod:`fieldcraft.data.cameras`).
+Other models (e.g. ``EQUIRECTANGULAR``) are refused with one line.
+
+Per-frame intrinsics (``fl_x, fl_y, cx, cy``, coefficients) and image sizes (``w, h``) are kept;
+frames whose images differ in size from the most common one are resampled to it, their
+intrinsics scaled to match (:func:`fieldcraft.data.scene.same_size`). ``downscale N`` reads
+nerfstudio's pre-shrunk folders when every frame has one (``images/x.jpg`` ->
+``images_N/x.jpg``, or ``<folder>_N/x.jpg`` for another folder name; intrinsics scaled by
+``1 / N``), otherwise shrinks the full images on load.
 
 There are no splits in the format: every 8th frame (0, 8, 16, ...) is held out as the
 ``val``/``test`` split, the rest is ``train`` (LLFF's convention).
@@ -22,17 +31,31 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from fieldcraft.data.cameras import Cameras, pose_from_json
-from fieldcraft.data.scene import PosedImages, check_unique, dataset_file, number, read_image, read_json, stack_images
+from fieldcraft.data.cameras import DISTORTION_PARAMS, Cameras, pose_from_json
+from fieldcraft.data.scene import (
+    PosedImages,
+    check_unique,
+    dataset_file,
+    number,
+    present_frames,
+    read_image,
+    read_json,
+    same_size,
+    stack_images,
+)
 from fieldcraft.errors import FieldcraftError
 
-DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 HOLDOUT_EVERY = 8
 
 
-def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | None = None) -> PosedImages:
+MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV_FISHEYE")
+
+
+def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | None = None, *, downscale: int = 1,
+                    skip_missing: bool = False) -> PosedImages:
     path = Path(path)
     meta = read_json(path)
     frames = meta.get("frames")
@@ -46,14 +69,20 @@ def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | No
     check_unique(files, labels, path)
     held = [k for k in range(len(frames)) if k % HOLDOUT_EVERY == 0]
     keep = [k for k in range(len(frames)) if (k in held) == (split != "train")]
+    if not keep:
+        raise FieldcraftError(f"{path}: split {split!r} is empty")
+    shrunk = _shrunk_files(path.parent, [files[k] for k in keep], downscale)
+    read_from = shrunk or [files[k] for k in keep]
+    keep = [keep[i] for i in present_frames(read_from, [labels[k] for k in keep], path, skip_missing)]
+    if shrunk is not None:
+        shrunk = _shrunk_files(path.parent, [files[k] for k in keep], downscale)
     if max_images is not None:
         keep = keep[:max_images]
-    mats, paths, intr = [], [], []
-    size = None
+    mats, intr, dist, fisheye, arrays, sizes = [], [], [], [], [], []
     for k in keep:
         fr = frames[k]
         get = lambda key, default=None, fr=fr: fr.get(key, meta.get(key, default))  # per-frame override
-        _check_distortion(path, k, get)
+        model, coeffs = _camera_model(path, k, get)
         if get("w") is None or get("h") is None:
             raise FieldcraftError(f"{path}: frame {k} has no image size ('w', 'h')")
         w, h = (number(get(key), f"frame {k} '{key}'", path, positive=True) for key in ("w", "h"))
@@ -69,29 +98,33 @@ def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | No
         fy = number(get("fl_y", fx), f"frame {k} 'fl_y'", path, positive=True)
         cx = number(get("cx", w / 2), f"frame {k} 'cx'", path)
         cy = number(get("cy", h / 2), f"frame {k} 'cy'", path)
-        intr.append((fx, fy, cx, cy))
-        if size is None:
-            size = (int(w), int(h))
-        elif size != (int(w), int(h)):
-            raise FieldcraftError(f"{path}: frame {k} size {w:g}x{h:g} differs from {size[0]}x{size[1]} "
-                                  "(mixed sizes unsupported)")
+        intr.append([fx / downscale, fy / downscale, cx / downscale, cy / downscale])
+        dist.append(coeffs)
+        fisheye.append(model == "OPENCV_FISHEYE")
         mats.append(pose_from_json(fr["transform_matrix"], str(path), k))
-        paths.append(files[k])
-    if not keep:
-        raise FieldcraftError(f"{path}: split {split!r} is empty")
-    c2w = torch.stack(mats).float()
-    images = stack_images([read_image(p) for p in paths], paths)
+        file = shrunk[keep.index(k)] if shrunk is not None else files[k]
+        arr = read_image(file, 1 if shrunk is not None else downscale, uint8=True)
+        want = (int(h) // downscale, int(w) // downscale)
+        ok = arr.shape[:2] == want if shrunk is None else all(abs(a - b) <= 1 for a, b in zip(arr.shape[:2], want))
+        if not ok:
+            raise FieldcraftError(f"{file}: image is {arr.shape[1]}x{arr.shape[0]} but {path.name} says "
+                                  f"{int(w)}x{int(h)}" + (f" (/{downscale}: {want[1]}x{want[0]})" if downscale > 1 else ""))
+        arrays.append(arr)
+        sizes.append(arr.shape[:2])
+    arrays, it = same_size(arrays, np.array(intr))
+    paths = [files[k] for k in keep]
+    images = stack_images(arrays, paths)
     h, w = images.shape[1:3]
-    if (w, h) != size:
-        raise FieldcraftError(f"{paths[0]}: image is {w}x{h} but the JSON says {size[0]}x{size[1]}")
-    it = torch.tensor(intr, dtype=torch.float32)
-    cams = Cameras(c2w, it[:, 0], it[:, 1], it[:, 2], it[:, 3], w, h)
+    it = torch.tensor(it, dtype=torch.float32)
+    cams = Cameras(torch.stack(mats).float(), it[:, 0], it[:, 1], it[:, 2], it[:, 3], w, h,
+                   torch.tensor(dist, dtype=torch.float32), torch.tensor(fisheye))
     scale = number(meta.get("scale", 0.33), "'scale'", path, positive=True)
     offset = meta.get("offset", [0.5, 0.5, 0.5])
     if not isinstance(offset, list) or len(offset) != 3:
         raise FieldcraftError(f"{path}: 'offset' must be a list of 3 numbers, got {offset!r:.40}")
     offset = [number(v, "'offset'", path) for v in offset]
-    half = number(meta.get("aabb_scale", 1), "'aabb_scale'", path, positive=True) / (2 * scale)
+    aabb_scale = number(meta.get("aabb_scale", 1), "'aabb_scale'", path, positive=True)
+    half = aabb_scale / (2 * scale)
     centre = (0.5 - torch.tensor(offset, dtype=torch.float32)) / scale
     aabb = torch.stack([centre - half, centre + half])
     near = number(meta.get("near", 0.05), "'near'", path)
@@ -99,17 +132,30 @@ def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | No
     if not 0 <= near < far:
         raise FieldcraftError(f"{path}: needs 0 <= 'near' < 'far', got near {near}, far {far}")
     names = [files[k].name for k in keep]
-    return PosedImages(images.float(), cams, names, near, far, aabb, False, str(path), "nerfstudio")
+    return PosedImages(images, cams, names, near, far, aabb, False, str(path), "nerfstudio",
+                       scene="unbounded" if aabb_scale > 1 else "object")
 
 
-def _check_distortion(path: Path, k: int, get) -> None:
-    model = str(get("camera_model", "OPENCV")).upper()
-    coeffs = {key: number(get(key, 0.0) or 0.0, f"frame {k} '{key}'", path) for key in DISTORTION_KEYS}
-    nonzero = {key: v for key, v in coeffs.items() if v != 0.0}
-    if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise FieldcraftError(f"{path}: frame {k}: camera_model {model} is not supported (pinhole only); "
-                              "undistort the images first (ns-process-data or COLMAP image_undistorter)")
-    if nonzero:
-        listed = ", ".join(f"{key}={v:g}" for key, v in nonzero.items())
-        raise FieldcraftError(f"{path}: frame {k} has lens distortion ({listed}); fieldcraft renders pinhole cameras "
-                              "only, undistort the images first (ns-process-data or COLMAP image_undistorter)")
+def _shrunk_files(root: Path, files: list[Path], factor: int) -> list[Path] | None:
+    """nerfstudio's pre-shrunk copies of ``files`` for ``factor`` (module docstring), when every one exists."""
+    if factor == 1:
+        return None
+    for name in (lambda p: p.parent.with_name(f"{p.parent.name}_{factor}") / p.name,
+                 lambda p: root / f"images_{factor}" / p.name):
+        alt = [name(p) for p in files]
+        if all(p.is_file() for p in alt):
+            return alt
+    return None
+
+
+def _camera_model(path: Path, k: int, get) -> tuple[str, list[float]]:
+    """Frame ``k``'s camera model and its coefficients ``(k1, k2, k3, k4, p1, p2)``."""
+    model = str(get("camera_model", "OPENCV_FISHEYE" if get("is_fisheye", False) is True else "OPENCV")).upper()
+    if model not in MODELS:
+        raise FieldcraftError(f"{path}: frame {k}: camera_model {model} is not supported (use one of "
+                              f"{', '.join(MODELS)}); reproject the images to one of them first")
+    coeffs = {key: number(get(key, 0.0) or 0.0, f"frame {k} '{key}'", path) for key in DISTORTION_PARAMS}
+    if model == "OPENCV_FISHEYE" and (coeffs["p1"] or coeffs["p2"]):
+        raise FieldcraftError(f"{path}: frame {k}: OPENCV_FISHEYE has no tangential coefficients, got "
+                              f"p1={coeffs['p1']:g}, p2={coeffs['p2']:g}")
+    return model, [coeffs[key] for key in DISTORTION_PARAMS]

@@ -1,10 +1,18 @@
-"""Posed images: what every multi-view reader (Blender, nerfstudio, LLFF) returns.
+"""Posed images: what every multi-view reader (Blender, nerfstudio, LLFF, COLMAP) returns.
 
 :func:`load_posed_images` detects the format of a dataset directory:
 
 - ``transforms_train.json`` -> NeRF-synthetic / Blender (:mod:`fieldcraft.data.blender`),
 - ``transforms.json`` -> nerfstudio / instant-ngp (:mod:`fieldcraft.data.nerfstudio`),
-- ``poses_bounds.npy`` -> LLFF (:mod:`fieldcraft.data.llff`).
+- ``poses_bounds.npy`` -> LLFF (:mod:`fieldcraft.data.llff`),
+- a COLMAP sparse model (``cameras``, ``images``, ``points3D`` as ``.bin`` or ``.txt``) in the
+  directory itself or in its ``sparse/0/`` or ``sparse/`` -> COLMAP (:mod:`fieldcraft.data.colmap`).
+
+Every reader takes ``downscale`` (an integer factor ``N``: each image shrinks to ``(H // N, W // N)``
+by averaging ``N x N`` blocks, an anti-aliased box filter, and its intrinsics scale by ``1 / N``;
+nerfstudio reads ``images_N/`` folders when they exist) and ``skip_missing`` (frames whose image
+file is missing are dropped, and how many is printed, instead of stopping with one line naming
+the first missing file).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +38,9 @@ SPLITS = ("train", "val", "test")
 class PosedImages:
     """Images of one split with their cameras.
 
-    - ``images``: ``[n, H, W, C]`` float32 in ``[0, 1]`` (8- or 16-bit files, every bit kept);
+    - ``images``: ``[n, H, W, C]``, ``uint8`` codes when every file is 8-bit (nerfstudio, LLFF and
+      COLMAP readers: a quarter of the memory), else float32 in ``[0, 1]`` (16-bit files keep every
+      bit; Blender scenes are read as float32); :meth:`image` gives one view as float32 in ``[0, 1]``.
       ``C = 4`` (straight RGBA, not yet composited: see :func:`composite`) or ``C = 3``.
     - ``cameras``: :class:`~fieldcraft.data.cameras.Cameras` (OpenGL convention).
     - ``names``: file name of each image relative to its split folder (used for outputs).
@@ -37,7 +48,10 @@ class PosedImages:
     - ``aabb``: ``[2, 3]`` scene box (min, max) the field is defined on.
     - ``ndc``: rays are warped to normalised device coordinates (LLFF forward-facing).
     - ``source``: the file the split was read from (for messages).
-    - ``format``: ``blender``, ``nerfstudio`` or ``llff``.
+    - ``format``: ``blender``, ``nerfstudio``, ``llff`` or ``colmap``.
+    - ``scene``: ``object`` (object-centred, bounded by ``aabb``), ``forward`` (forward-facing, NDC)
+      or ``unbounded`` (the scene reaches beyond the box: nerfstudio with ``aabb_scale > 1``,
+      COLMAP); presets choose their defaults by it.
     """
 
     images: Float[Tensor, "n H W C"]
@@ -49,6 +63,7 @@ class PosedImages:
     ndc: bool = False
     source: str = ""
     format: str = ""
+    scene: str = "object"
 
     @property
     def height(self) -> int:
@@ -60,6 +75,10 @@ class PosedImages:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def image(self, k: int) -> Float[Tensor, "H W C"]:
+        """View ``k`` as float32 in ``[0, 1]``."""
+        return unit_pixels(self.images[k])
 
     def subset(self, idx: list[int]) -> PosedImages:
         return dataclasses.replace(self, images=self.images[idx], cameras=self.cameras[idx],
@@ -83,19 +102,107 @@ def composite(images: Float[Tensor, "*b C"], background: Float[Tensor, "*#b 3"])
     return rgb * a + background * (1.0 - a)
 
 
-def read_image(path: Path) -> np.ndarray:
+def unit_pixels(pixels: Tensor) -> Tensor:
+    """Pixels as float32 in ``[0, 1]``: ``uint8`` codes divided by 255, floats as they are.
+
+    >>> unit_pixels(torch.tensor([0, 51, 255], dtype=torch.uint8)).tolist()
+    [0.0, 0.20000000298023224, 1.0]
+    """
+    return pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels
+
+
+def downscale_image(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Shrink ``[H, W, C]`` to ``[H // factor, W // factor, C]`` by averaging ``factor x factor``
+    blocks (an anti-aliased box filter; the last ``H % factor`` rows and ``W % factor`` columns
+    are dropped, so pixel coordinates scale by exactly ``1 / factor``). ``uint8`` stays ``uint8``
+    (rounded).
+
+    >>> downscale_image(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), 2)[..., 0].tolist()
+    [[2, 4], [10, 12]]
+    """
+    if factor == 1:
+        return arr
+    h, w = arr.shape[0] // factor, arr.shape[1] // factor
+    if h < 1 or w < 1:
+        raise FieldcraftError(f"--downscale {factor} leaves no pixel of a {arr.shape[1]}x{arr.shape[0]} image")
+    blocks = arr[:h * factor, :w * factor].reshape(h, factor, w, factor, -1).astype(np.float32).mean((1, 3))
+    return np.round(blocks).astype(np.uint8) if arr.dtype == np.uint8 else blocks.astype(np.float32)
+
+
+def read_image(path: Path, downscale: int = 1, uint8: bool = False) -> np.ndarray:
     """An image file as float32 ``[H, W, C]`` in ``[0, 1]`` (:func:`fieldcraft.data.images.load_image`:
-    8-bit and 16-bit PNGs keep all their bits), grey expanded to RGB, grey + alpha to RGBA."""
+    8-bit and 16-bit PNGs keep all their bits), grey expanded to RGB, grey + alpha to RGBA;
+    ``uint8``: 8-bit files as their ``uint8`` codes; ``downscale``: :func:`downscale_image`."""
     from fieldcraft.data.images import load_image
 
     if not path.is_file():
         raise FieldcraftError(f"{path}: image file not found")
-    arr = load_image(path).pixels
+    loaded = load_image(path)
+    arr = loaded.pixels
+    if uint8 and loaded.bit_depth == 8 and loaded.value_range == (0.0, 255.0):
+        arr = np.round(arr * 255.0).astype(np.uint8)
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     if arr.shape[-1] not in (3, 4):
         raise FieldcraftError(f"{path}: expected an RGB or RGBA image, got shape {arr.shape}")
-    return arr
+    return downscale_image(arr, downscale)
+
+
+def check_downscale(downscale: object) -> int:
+    """``downscale`` as a whole factor >= 1, else one line.
+
+    >>> check_downscale(0)
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: --downscale must be a whole number >= 1, got 0
+    """
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise FieldcraftError(f"--downscale must be a whole number >= 1, got {downscale!r}")
+    return downscale
+
+
+def present_frames(paths: list[Path], labels: list[str], source: str | Path, skip_missing: bool) -> list[int]:
+    """Indices of the frames whose image file exists. A missing one stops with one line naming it
+    (and the frame), unless ``skip_missing``: then those frames are dropped and one line on
+    stderr says how many.
+
+    >>> present_frames([Path("/nonexistent/a.png")], ["frame 0"], "t.json", False)
+    Traceback (most recent call last):
+    fieldcraft.errors.FieldcraftError: /nonexistent/a.png: image file not found (frame 0 of t.json; --skip-missing drops such frames)
+    """
+    keep = [k for k, p in enumerate(paths) if p.is_file()]
+    if len(keep) < len(paths):
+        first = next(k for k in range(len(paths)) if k not in set(keep))
+        if not skip_missing:
+            raise FieldcraftError(f"{paths[first]}: image file not found ({labels[first]} of {source}; "
+                                  "--skip-missing drops such frames)")
+        print(f"fieldcraft: {source}: skipped {len(paths) - len(keep)} of {len(paths)} frames whose image is "
+              f"missing (first: {paths[first]})", file=sys.stderr)
+        if not keep:
+            raise FieldcraftError(f"{source}: no frame of the split has its image")
+    return keep
+
+
+def same_size(arrays: list[np.ndarray], intrinsics: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Bring images of different sizes to the most common size: each other image is resampled
+    (anti-aliased, :func:`skimage.transform.resize`) and its intrinsics ``[n, 4]``
+    ``(fx, fy, cx, cy)`` scaled by the same factors per axis (an affine change of pixel
+    coordinates, which the intrinsics absorb exactly; distortion is unchanged)."""
+    import collections
+
+    import skimage.transform
+
+    sizes = [a.shape[:2] for a in arrays]
+    common = collections.Counter(sizes).most_common(1)[0][0]
+    out, intr = [], intrinsics.astype(np.float64).copy()
+    for k, a in enumerate(arrays):
+        if a.shape[:2] != common:
+            sy, sx = common[0] / a.shape[0], common[1] / a.shape[1]
+            r = skimage.transform.resize(a.astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0),
+                                         common + (a.shape[2],), anti_aliasing=True, preserve_range=True)
+            a = np.round(r * 255).astype(np.uint8) if a.dtype == np.uint8 else r.astype(np.float32)
+            intr[k] *= (sx, sy, sx, sy)
+        out.append(a)
+    return out, intr
 
 
 def stack_images(arrays: list[np.ndarray], paths: list[Path], size: tuple[int, int] | None = None) -> Tensor:
@@ -104,13 +211,15 @@ def stack_images(arrays: list[np.ndarray], paths: list[Path], size: tuple[int, i
 
     out = []
     channels = max(a.shape[-1] for a in arrays)
+    if any(a.dtype != np.uint8 for a in arrays):
+        arrays = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in arrays]
     for a, p in zip(arrays, paths):
         if size is not None and a.shape[:2] != size:
             a = skimage.transform.resize(a, size + (a.shape[2],), anti_aliasing=True, preserve_range=True).astype(np.float32)
         if a.shape[:2] != arrays[0].shape[:2] and size is None:
             raise FieldcraftError(f"{p}: image size {a.shape[:2]} differs from {arrays[0].shape[:2]} of {paths[0]}")
         if a.shape[-1] < channels:
-            a = np.concatenate([a, np.ones_like(a[..., :1])], -1)
+            a = np.concatenate([a, np.full_like(a[..., :1], 255 if a.dtype == np.uint8 else 1)], -1)
         out.append(a)
     return torch.from_numpy(np.stack(out))
 
@@ -127,7 +236,29 @@ def dataset_format(path: str | Path) -> tuple[str, Path]:
                       ("poses_bounds.npy", "llff")):
         if (path / name).exists():
             return fmt, path
-    raise FieldcraftError(f"{path}: not a NeRF dataset (expected transforms_train.json, transforms.json or poses_bounds.npy)")
+    from fieldcraft.data.colmap import find_model
+
+    if find_model(path) is not None:
+        return "colmap", path
+    raise FieldcraftError(f"{path}: not a NeRF dataset (expected transforms_train.json, transforms.json, "
+                          "poses_bounds.npy or a COLMAP sparse model: cameras, images, points3D .bin/.txt)")
+
+
+def dataset_scene(path: str | Path) -> tuple[str, str]:
+    """The kind of scene a dataset holds (:attr:`PosedImages.scene`: ``object``, ``forward`` or
+    ``unbounded``) without reading its images, and why (for messages): Blender -> object, LLFF ->
+    forward-facing, COLMAP -> unbounded, nerfstudio -> unbounded when ``aabb_scale > 1``."""
+    fmt, root = dataset_format(path)
+    if fmt == "blender":
+        return "object", "NeRF-synthetic scene"
+    if fmt == "llff":
+        return "forward", "LLFF forward-facing capture"
+    if fmt == "colmap":
+        return "unbounded", "COLMAP capture"
+    scale = read_json(root / "transforms.json").get("aabb_scale", 1)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 1:
+        return "unbounded", f"transforms.json with aabb_scale {scale:g}"
+    return "object", "transforms.json with aabb_scale 1"
 
 
 def forward_facing(path: str | Path) -> bool:
@@ -135,22 +266,30 @@ def forward_facing(path: str | Path) -> bool:
     return dataset_format(path)[0] == "llff"
 
 
-def load_posed_images(path: str | Path, split: str = "train", max_images: int | None = None) -> PosedImages:
-    """Read one split of a dataset directory (format detected, see module docstring)."""
+def load_posed_images(path: str | Path, split: str = "train", max_images: int | None = None, *,
+                      downscale: int = 1, skip_missing: bool = False) -> PosedImages:
+    """Read one split of a dataset directory (format detected; ``downscale``, ``skip_missing``: see
+    the module docstring)."""
     if split not in SPLITS:
         raise FieldcraftError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+    downscale = check_downscale(downscale)
     fmt, path = dataset_format(path)
+    opts = {"max_images": max_images, "downscale": downscale, "skip_missing": skip_missing}
     if fmt == "blender":
         from fieldcraft.data.blender import load_blender
 
-        return load_blender(path, split, max_images=max_images)
+        return load_blender(path, split, **opts)
     if fmt == "nerfstudio":
         from fieldcraft.data.nerfstudio import load_nerfstudio
 
-        return load_nerfstudio(path / "transforms.json", split, max_images=max_images)
+        return load_nerfstudio(path / "transforms.json", split, **opts)
+    if fmt == "colmap":
+        from fieldcraft.data.colmap import load_colmap
+
+        return load_colmap(path, split, **opts)
     from fieldcraft.data.llff import load_llff
 
-    return load_llff(path, split, max_images=max_images)
+    return load_llff(path, split, **opts)
 
 
 def read_json(path: Path) -> dict:

@@ -9,6 +9,9 @@
 | :class:`DenseGridConfig` | dense voxel grid (Plenoxels, DVGO) | ``F`` |
 | :class:`SphericalHarmonicsConfig` | real spherical harmonics of directions (Instant-NGP) | ``degree^2`` |
 | :class:`CompositeEncodingConfig` | per-dimension encodings (tiny-cuda-nn) | sum of parts |
+| :class:`TriPlaneConfig` | EG3D tri-plane (3-D inputs) | ``levels C`` (sum) or ``3 levels C`` |
+| :class:`TensoRFVMConfig` | TensoRF vector-matrix decomposition (3-D inputs) | ``3 C`` (concat) or ``C`` |
+| :class:`TensoRFCPConfig` | TensoRF CP decomposition (3-D inputs) | ``C`` |
 """
 
 from fieldcraft.encodings.base import Encoding, EncodingConfig
@@ -20,8 +23,11 @@ from fieldcraft.encodings.grid import GridEncoding
 from fieldcraft.encodings.hashgrid import HashGridConfig
 from fieldcraft.encodings.identity import IdentityEncodingConfig
 from fieldcraft.encodings.spherical_harmonics import SphericalHarmonicsConfig
+from fieldcraft.encodings.tensorf import TensoRFCPConfig, TensoRFEncoding, TensoRFVMConfig
+from fieldcraft.encodings.triplane import CoarseToFine, TriPlaneConfig, TriPlaneEncoding, coarse_to_fine
 
 __all__ = [
+    "CoarseToFine",
     "CompositeEncodingConfig",
     "CompositePart",
     "DenseGridConfig",
@@ -33,4 +39,10 @@ __all__ = [
     "HashGridConfig",
     "IdentityEncodingConfig",
     "SphericalHarmonicsConfig",
+    "TensoRFCPConfig",
+    "TensoRFEncoding",
+    "TensoRFVMConfig",
+    "TriPlaneConfig",
+    "TriPlaneEncoding",
+    "coarse_to_fine",
 ]

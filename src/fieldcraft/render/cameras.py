@@ -52,3 +52,40 @@ def orbit(n: int, ring: float, height: float, up: Float[Tensor, " 3"], start: Fl
         eye = height * up + ring * (math.cos(a) * start + math.sin(a) * side)
         mats.append(look_at(eye, torch.zeros(3, dtype=eye.dtype), up))
     return torch.stack(mats)
+
+
+def smooth_path(c2w: Float[Tensor, "n 3 4"], frames: int, sigma: float = 2.0) -> Float[Tensor, "frames 3 4"]:
+    """A smooth camera path along captured poses (in capture order): camera centres, viewing
+    directions and up vectors are each smoothed by a Gaussian of ``sigma`` poses along the
+    sequence (ends extended by point reflection, so a path that is straight near its ends keeps
+    its ends), resampled to ``frames`` evenly spaced
+    points of it (linear interpolation between poses), and rebuilt into rigid camera-to-world
+    matrices (the view direction kept, the up vector made orthogonal to it).
+
+    >>> line = torch.stack([look_at(torch.tensor([float(x), 0.0, 5.0]), torch.tensor([float(x), 0.0, 0.0]))[:3]
+    ...                     for x in range(5)])
+    >>> p = smooth_path(line, 9)
+    >>> (p[:, 0, 3].round(decimals=3) + 0.0).tolist()[:3], p[4, :3, 2].tolist()   # x from 0 to 4, still looking down -z
+    ([0.0, 0.5, 1.0], [0.0, 0.0, 1.0])
+    """
+    c2w = c2w.double()
+    n = len(c2w)
+    feats = torch.cat([c2w[:, :, 3], c2w[:, :, 2], c2w[:, :, 1]], 1)  # centre, back, up: [n, 9]
+    if sigma > 0 and n > 1:
+        r = min(max(1, int(math.ceil(3 * sigma))), n - 1)
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+        k = k / k.sum()
+        left, right_ = 2 * feats[:1] - feats[1:r + 1].flip(0), 2 * feats[-1:] - feats[-r - 1:-1].flip(0)
+        padded = torch.cat([left, feats, right_])  # point reflection at the ends: straight stretches stay straight
+        feats = torch.nn.functional.conv1d(padded.T[:, None], k[None, None])[:, 0].T
+    pos = torch.linspace(0, n - 1, frames, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    w = (pos - lo)[:, None]
+    f = feats[lo] * (1 - w) + feats[hi] * w
+    back = f[:, 3:6] / f[:, 3:6].norm(dim=-1, keepdim=True)
+    up = f[:, 6:9]
+    right = torch.linalg.cross(up, back)
+    right = right / right.norm(dim=-1, keepdim=True)
+    true_up = torch.linalg.cross(back, right)
+    return torch.stack([right, true_up, back, f[:, :3]], -1).float()

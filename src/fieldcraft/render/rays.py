@@ -90,28 +90,85 @@ def ndc_rays(origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], fx: floa
 class Rays:
     """A flat batch of ``m`` rays: ``origins, dirs`` ``[m, 3]`` in sampling space (world, or NDC for
     forward-facing scenes), unit world ``viewdirs`` ``[m, 3]`` (what view-dependent colour sees)
-    and the sampled range ``t_min, t_max`` ``[m]`` (``t_min == t_max``: nothing to sample)."""
+    and the sampled range ``t_min, t_max`` ``[m]`` (``t_min == t_max``: nothing to sample);
+    ``camera`` ``[m]``: the index of the camera each ray comes from (per-image appearance), or None."""
 
     origins: Float[Tensor, "m 3"]
     dirs: Float[Tensor, "m 3"]
     viewdirs: Float[Tensor, "m 3"]
     t_min: Float[Tensor, " m"]
     t_max: Float[Tensor, " m"]
+    camera: Int[Tensor, " m"] | None = None
 
     def __getitem__(self, idx) -> Rays:
-        return Rays(self.origins[idx], self.dirs[idx], self.viewdirs[idx], self.t_min[idx], self.t_max[idx])
+        return Rays(self.origins[idx], self.dirs[idx], self.viewdirs[idx], self.t_min[idx], self.t_max[idx],
+                    None if self.camera is None else self.camera[idx])
 
     def __len__(self) -> int:
         return int(self.origins.shape[0])
 
     def with_range(self, t_min: Float[Tensor, " m"], t_max: Float[Tensor, " m"]) -> Rays:
-        return Rays(self.origins, self.dirs, self.viewdirs, t_min, t_max)
+        return Rays(self.origins, self.dirs, self.viewdirs, t_min, t_max, self.camera)
+
+
+class PixelRays:
+    """The rays of every pixel of ``n`` views of ``height x width`` (view-major, row-major), made
+    when indexed: ``rays[idx]`` (``idx`` ``[m]`` flat pixel indices) calls ``make(cam, u, v)`` for
+    those pixels' cameras and centres, so a batch costs its own rays only, not every pixel's
+    (44 bytes a pixel in float32). Attribute access (``rays.t_max``) makes every ray (for
+    inspection on small data).
+
+    >>> r = PixelRays(lambda cam, u, v: (cam, u, v), 2, 2, 3)
+    >>> len(r), [t.tolist() for t in r[torch.tensor([0, 11])]]
+    (12, [[0, 1], [0.5, 2.5], [0.5, 1.5]])
+    """
+
+    def __init__(self, make, n: int, height: int, width: int, device: torch.device | str | None = None) -> None:
+        self.make, self.n, self.height, self.width, self.device = make, n, height, width, device
+
+    def __len__(self) -> int:
+        return self.n * self.height * self.width
+
+    def __getitem__(self, idx: Int[Tensor, " m"]):
+        idx = torch.as_tensor(idx, device=self.device)
+        hw = self.height * self.width
+        cam, p = idx // hw, idx % hw
+        return self.make(cam, (p % self.width).float() + 0.5, (p // self.width).float() + 0.5)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("make", "n", "height", "width", "device"):
+            raise AttributeError(name)
+        return getattr(self[torch.arange(len(self), device=self.device)], name)
+
+
+class PixelTable:
+    """Pixels ``[N, C]`` kept as stored (``uint8`` codes or float32), given as float32 in ``[0, 1]``
+    when indexed (:func:`fieldcraft.data.scene.unit_pixels`).
+
+    >>> PixelTable(torch.tensor([[0, 255]], dtype=torch.uint8))[torch.tensor([0])].tolist()
+    [[0.0, 1.0]]
+    """
+
+    def __init__(self, pixels: Tensor) -> None:
+        self.pixels = pixels
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+    def __getitem__(self, idx) -> Float[Tensor, "m C"]:
+        out = self.pixels[idx]
+        return out.float() / 255.0 if out.dtype == torch.uint8 else out
 
 
 def make_rays(cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], v: Float[Tensor, " m"], near: float,
-              far: float, aabb: Float[Tensor, "2 3"], ndc: bool) -> Rays:
-    """Rays through pixel coordinates ``(u, v)`` of cameras ``cam``. World rays are clipped to the
-    box ``aabb`` and to ``[near, far]``; rays that miss them get an empty range (``t_min == t_max``).
+              far: float, aabb: Float[Tensor, "2 3"] | None, ndc: bool) -> Rays:
+    """Rays through pixel coordinates ``(u, v)`` of cameras ``cam`` (kept as ``Rays.camera``). World
+    rays are clipped to the box ``aabb`` (None: not clipped, unbounded scenes) and to ``[near, far]``;
+    rays that miss them get an empty range (``t_min == t_max``).
     NDC rays (:func:`ndc_rays`, near plane 1) span ``t`` in ``[0, 1]``.
 
     >>> c2w = torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 5]]])   # at z = 5, looking down -z
@@ -126,7 +183,9 @@ def make_rays(cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], 
     o, d = camera_rays(cameras, cam, u, v, normalize=True)
     if ndc:
         o2, d2 = ndc_rays(o, d, float(cameras.fx[0]), float(cameras.fy[0]), cameras.width, cameras.height, 1.0)
-        return Rays(o2, d2, d, torch.zeros_like(u), torch.ones_like(u))
+        return Rays(o2, d2, d, torch.zeros_like(u), torch.ones_like(u), cam)
+    if aabb is None:  # unbounded: the whole [near, far]
+        return Rays(o, d, d, torch.full_like(u, near), torch.full_like(u, far), cam)
     t0, t1 = ray_aabb(o, d, aabb)
     t_min = t0.clamp(min=near)
-    return Rays(o, d, d, t_min, torch.maximum(t1.clamp(max=far), t_min))
+    return Rays(o, d, d, t_min, torch.maximum(t1.clamp(max=far), t_min), cam)

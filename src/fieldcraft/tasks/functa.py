@@ -44,6 +44,7 @@ from fieldcraft.latents.functa import Functa, FunctaNetConfig, observation_mask,
 from fieldcraft.latents.store import read_latents, write_latents
 from fieldcraft.metrics import PSNR_DEFINITION, psnr, psnr_from_mse
 from fieldcraft.train import Budget, Objective, OptimizerConfig, Run, ScheduleConfig
+from fieldcraft.train.distributed import shard
 
 TASK = "functa"
 PRIOR_TASK = "functa-prior"
@@ -139,10 +140,11 @@ class MetaLearning(Objective):
     def loss(self, model: Functa, step: int) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         idx = torch.randint(0, len(self.images), (c.batch_size,), generator=self.generators["batches"])
-        y = self.images(idx)
+        part = shard(len(idx))  # this rank's signals of the global batch (all of them in one process)
+        y = self.images(idx[part.slice])
         z = model.inner_loop(y, self.coords, c.inner_steps, create_graph=not c.first_order)
         err = signal_mse(model(z, self.coords), y)
-        return err.mean(), {"psnr": mean_psnr(err)}
+        return err.mean() * part.fraction, {"psnr": mean_psnr(err)}
 
 
 def mean_psnr(mse: Float[Tensor, " B"]) -> float:

@@ -50,6 +50,7 @@ from fieldcraft.io.records import write_json
 from fieldcraft.metrics import PSNR_DEFINITION, psnr, psnr_of_mse
 from fieldcraft.networks import MLPConfig
 from fieldcraft.train import Budget, Objective, OptimizerConfig, Run, ScheduleConfig
+from fieldcraft.train.distributed import shard
 from fieldcraft.train.state import HISTORY_NAME
 
 TASK = "images"
@@ -147,16 +148,19 @@ class BatchedPixelRegression(Objective):
 
     def loss(self, model: BatchedFields, step: int) -> tuple[None, dict[str, float]]:
         params = model.params()
+        part = shard(model.batch, allow_empty=True)  # this rank's images (all of them in one process)
         mses = []
-        for lo in range(0, model.batch, self.micro):
-            hi = min(lo + self.micro, model.batch)
+        for lo in range(part.slice.start, part.slice.stop, self.micro):
+            hi = min(lo + self.micro, part.slice.stop)
             pred = model.field(self.coords[lo:hi], {k: v[lo:hi] for k, v in params.items()})
             mse = ((pred - self.targets[lo:hi]) ** 2).mean(dim=(1, 2))
             mse.sum().backward()
             mses.append(mse.detach())
+        if not mses:  # a rank without images this chunk
+            return None, {"loss": 0.0, "psnr": 0.0}
         mse = torch.cat(mses)
         mean_psnr = float(psnr_of_mse(mse).mean())
-        return None, {"loss": float(mse.mean()), "psnr": mean_psnr}
+        return None, {"loss": float(mse.mean()) * part.fraction, "psnr": mean_psnr}
 
 
 def chunk_budget(total: Budget, images: int, all_images: int) -> Budget:

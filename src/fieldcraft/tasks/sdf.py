@@ -53,6 +53,7 @@ from fieldcraft.geometry.surface import SHAPE_LOSSES, extract_surface, mise_base
 from fieldcraft.io.records import write_json
 from fieldcraft.networks import MLPConfig
 from fieldcraft.train import Budget, Objective, OptimizerConfig, Run, ScheduleConfig
+from fieldcraft.train.distributed import shard
 
 TASK = SHAPE_TASK  # "sdf": 'fit sdf' and 'fit occupancy' (checkpoint prefix "field")
 AUTODECODER_TASK = "autodecoder"  # checkpoint prefix "model"
@@ -291,14 +292,16 @@ class SDFObjective(Objective):
     def loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, float]]:
         c, s, gen = self.config, self.samples, self.generators["batches"]
         b, device = c.batch_size, s.surface.device
+        part = shard(b)  # this rank's part of the global batch (all of it in one process); its loss' share
         if c.loss == "eikonal":
-            js = torch.randint(len(s.surface), (b,), generator=gen).to(device)
-            off = (torch.rand(b, 3, generator=gen) * 2 - 1).to(device)
-            return eikonal_loss(model, s.surface[js], s.normals[js], off, c)
-        j = torch.randint(len(s.points), (b,), generator=gen).to(device)
+            js = torch.randint(len(s.surface), (b,), generator=gen).to(device)[part.slice]
+            off = (torch.rand(b, 3, generator=gen) * 2 - 1).to(device)[part.slice]
+            loss, values = eikonal_loss(model, s.surface[js], s.normals[js], off, c)
+            return loss * part.fraction, values
+        j = torch.randint(len(s.points), (b,), generator=gen).to(device)[part.slice]
         pred = model(s.points[j]).reshape(-1)
         loss = regression_loss(pred, s.sdf[j], c.clamp) if c.loss == "regression" else occupancy_loss(pred, s.sdf[j])
-        return loss, {}
+        return loss * part.fraction, {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fieldcraft.errors import FieldcraftError
+from fieldcraft.train import distributed as dist
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,10 +207,11 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.checkpoint_fn, self.checkpoint_seconds = checkpoint, checkpoint_seconds
         self.log_every, self.evaluate, self.evaluate_every_seconds = log_every, evaluate, evaluate_every_seconds
-        self.description, self.progress, self.do_warm_up = description, progress, warm_up
+        self.description, self.progress, self.do_warm_up = description, progress and dist.is_main(), warm_up
         self.step, self.seconds = 0, 0.0
         self.history = History()
         self.saved_step: int | None = None  # step of the last checkpoint written by this process
+        self._warned_replicated = False
         self.meta: dict[str, Any] = {}  # the task's metadata stored in each checkpoint (see Run.trainer)
 
     # --- learning rate
@@ -227,6 +229,8 @@ class Trainer:
         self._set_lr(i)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if dist.active():
+            return self._train_step_distributed(i)
         loss, values = self.objective.loss(self.model, i)
         if loss is not None:
             value = float(loss.detach())
@@ -236,6 +240,31 @@ class Trainer:
             values = {"loss": value, **values}
         elif not math.isfinite(float(values.get("loss", 0.0))):
             raise _NonFinite(i, float(values["loss"]))
+        self.optimizer.step()
+        self.objective.after_step(i)
+        return values
+
+    def _train_step_distributed(self, i: int) -> dict[str, float]:
+        """One step as one rank of several (:mod:`fieldcraft.train.distributed`): the objective's loss
+        on this rank's shard, gradients summed over the ranks, the global loss checked by every rank."""
+        dist.begin_step()
+        loss, values = self.objective.loss(self.model, i)
+        if loss is not None:
+            values = {"loss": float(loss.detach()), **values}
+            loss.backward()
+        fraction = dist.step_fraction()
+        replicated = fraction is None  # the objective does not shard: every rank computed the whole batch
+        if replicated and not self._warned_replicated:
+            self._warned_replicated = True
+            if dist.is_main():
+                print(f"fieldcraft: {self.description}: this task does not split its batches across ranks; every "
+                      f"rank computes the whole batch (same result, no speed-up)", file=sys.stderr, flush=True)
+        world_size = dist.world()[1]
+        values = dist.reduce_scalars({k: (v / world_size if k == "loss" else v) for k, v in values.items()}
+                                     if replicated else values, 1.0 / world_size if replicated else fraction)
+        if not math.isfinite(float(values.get("loss", 0.0))):
+            raise _NonFinite(i, float(values["loss"]))
+        dist.all_reduce_gradients(self.model, scale=1.0 / world_size if replicated else 1.0)
         self.optimizer.step()
         self.objective.after_step(i)
         return values
@@ -279,6 +308,7 @@ class Trainer:
     # --- the loop
     def run(self) -> Outcome:
         budget, history = self.budget, self.history
+        dist.broadcast_module(self.model)  # ranks start from rank 0's weights (identical already when seeded alike)
         if self.do_warm_up and not budget.done(self.step, self.seconds):
             self.warm_up()
         if self.saved_step is None:
@@ -294,7 +324,11 @@ class Trainer:
         values: dict[str, float] = {}
         with _StopSignals() as stop:
             try:
-                while not budget.done(self.step, self.seconds) and stop.signal is None:
+                while True:
+                    done, stop.signal, self.seconds = dist.agree_stop(budget.done(self.step, self.seconds), stop.signal,
+                                                                      self.seconds)  # rank 0 decides for all ranks
+                    if done or stop.signal is not None:
+                        break
                     t0 = time.perf_counter()
                     try:
                         values = self._train_step(self.step)
@@ -326,7 +360,7 @@ class Trainer:
                 bar.close()
             if self.saved_step != self.step:
                 self.save()
-        if stop.signal is not None:
+        if stop.signal is not None and dist.is_main():
             print(f"fieldcraft: {stop.signal} received: stopped at step {self.step}, checkpoint saved",
                   file=sys.stderr, flush=True)
         return Outcome(self.step, self.seconds, history, stop.signal)

@@ -26,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +44,7 @@ from fieldcraft.io.checkpoint import (
     module_tensors,
     save_checkpoint,
 )
+from fieldcraft.train import distributed as dist
 from fieldcraft.train.loop import Budget, History, Objective, Trainer
 from fieldcraft.train.optimizers import load_optimizer_state, optimizer_state
 
@@ -92,7 +94,7 @@ class Run:
         device = torch.device(device)
         if out.exists() and not out.is_dir():
             raise FieldcraftError(f"{out}: the output path is a file, not a directory")
-        has_ckpt = (out / CHECKPOINT_NAME).exists()
+        has_ckpt = dist.broadcast_flag((out / CHECKPOINT_NAME).exists())  # rank 0's view, before it writes
         if not resume:
             if has_ckpt and not overwrite:
                 raise FieldcraftError(f"{out}: already holds a fit's checkpoint; --resume continues it, "
@@ -100,6 +102,8 @@ class Run:
             b = budget or default_budget
             if b is None:
                 raise FieldcraftError("give a budget: --steps N or --seconds S")
+            if not dist.is_main():  # ranks other than 0 write their copies of the outputs to a scratch directory
+                return Run(_scratch_copy(out), task, requested, b, device)
             _writable(out)  # the old run's history.jsonl goes when the trainer starts (inputs read by then)
             return Run(out, task, requested, b, device)
         if not has_ckpt:
@@ -126,6 +130,8 @@ class Run:
         b = budget or stored_budget or default_budget
         if b is None:
             raise FieldcraftError("give a budget: --steps N or --seconds S")
+        if not dist.is_main():
+            out = _scratch_copy(out)
         return Run(out, task, stored, b, device, tensors, meta)
 
     def trainer(self, model: nn.Module, objective: Objective, optimizer: Any, *, meta: dict[str, Any] | None = None,
@@ -137,7 +143,8 @@ class Run:
         ``trainer.save()``."""
 
         def checkpoint(trainer: Trainer, step: int, seconds: float) -> None:
-            save_checkpoint(self.out, *self.state(trainer, prefix, trainer.meta))
+            if dist.is_main():  # rank 0 alone writes the (rank-independent) checkpoint
+                save_checkpoint(self.out, *self.state(trainer, prefix, trainer.meta))
 
         trainer = Trainer(model, objective, optimizer, self.budget, checkpoint=checkpoint, **loop)
         trainer.meta = dict(meta or {})
@@ -162,6 +169,8 @@ class Run:
         header = {"task": self.task, "config": self.config.to_dict(), **static, "step": trainer.step,
                   "seconds": trainer.seconds, "budget": self.budget.to_dict(), "optimizer": opt_meta,
                   "extra": extra_meta}
+        if dist.active():  # a record only: resuming works with any number of ranks
+            header["world_size"], header["global_batch"] = dist.world()[1], dist.global_batch()
         return tensors, header
 
     def restore(self, trainer: Trainer, prefix: str) -> None:
@@ -180,6 +189,19 @@ class Run:
         trainer.history = History.load(self.out / HISTORY_NAME, up_to_step=trainer.step)
         if trainer.history.path is not None:
             trainer.history.save()
+
+
+def _scratch_copy(out: Path) -> Path:
+    """A rank's private directory standing in for ``out``, seeded with ``out``'s JSON records (what
+    tasks read back when resuming: ``history.jsonl``, finished chunks' ``.json``)."""
+    scratch = dist.scratch_dir()
+    if out.is_dir():
+        for src in out.rglob("*"):
+            if src.is_file() and src.suffix in (".json", ".jsonl") and not src.name.startswith("."):
+                dst = scratch / src.relative_to(out)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+    return scratch
 
 
 def _writable(out: Path) -> None:

@@ -5,6 +5,8 @@
 | ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..512) -> 64 -> 16 features; SH degree 4 -> 64x2 -> rgb | occupancy grid 64^3, 256 steps across the box diagonal, early termination | ~2^14 samples (rays adapt) | 1e-2, ``steps`` | Instant-NGP / nerfacc |
 | ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb, coarse + fine field | 64 stratified + 128 importance | 1024 rays | 5e-4, ``exp`` | NeRF paper |
 | ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified over the ray's stretch through the visual hull | one full image | 5e-4, ``exp`` | tiny-NeRF notebook |
+| ``tensorf`` | TensoRF VM (R=128 after doubling at steps 150 and 300, 24 components per mode) -> linear -> density + 27 features; SH degree 4 -> 64x2 -> rgb | as ``instant``, in the silhouette box | as ``instant`` | 2e-2, ``steps`` | TensoRF |
+| ``nerfacto`` (real captures) | contracted space (``contraction``); hash grid (L=16, F=2, T=2^17, N 16..1024) -> 64 -> 16; SH degree 4 + 16-d appearance code per image -> 64x2 -> rgb | occupancy grid 64^3 in contracted space (threshold 0.0025), 128 candidate intervals per ray (linear, then uniform in disparity), early termination | ~2^14 samples | 1e-2, ``steps`` | nerfacto / Mip-NeRF 360 |
 
 ``tiny`` keeps the notebook's network (8x256 ReLU, skip at 5, one output layer to rgb + density,
 Glorot-uniform weights and zero biases as Keras initialises them), its encoding (world
@@ -30,14 +32,14 @@ import dataclasses
 from typing import Any
 
 from fieldcraft.config import Config
-from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig, SphericalHarmonicsConfig
+from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig, SphericalHarmonicsConfig, TensoRFVMConfig
 from fieldcraft.errors import FieldcraftError, check
 from fieldcraft.fields.radiance import RadianceFieldConfig
 from fieldcraft.train import OptimizerConfig, ScheduleConfig
 from fieldcraft.train.optimizers import instant_ngp
 
 TASK = "nerf"
-PRESETS = ("instant", "vanilla", "tiny")
+PRESETS = ("instant", "vanilla", "tiny", "tensorf", "nerfacto")
 DEFAULT_PRESET = "instant"
 BACKGROUNDS = ("white", "black", "random")
 BOXES = ("dataset", "silhouette", "hull")
@@ -85,6 +87,14 @@ class NerfConfig(Config):
       Box and hull are saved in the checkpoint.
     - ``hull_resolution``: cells per axis of the ``hull`` grid; ``hull_dilate``: pixels each alpha
       mask grows by before carving it (antialiased edges).
+    - ``contraction``: unbounded scene: positions are normalised by the inner box (the box the
+      run is fitted in, around the cameras: :func:`fieldcraft.render.contraction.inner_box`) and
+      contracted into ``[-2, 2]^3`` (:func:`fieldcraft.render.contraction.contract`), where field and
+      occupancy grid live; rays are not clipped to a box and the ``occupancy`` sampler places
+      ``render_steps`` candidate intervals per ray from ``near`` to ``far``
+      (:func:`fieldcraft.render.contraction.contracted_march`).
+    - ``appearance_dim``: length of a learned appearance code per training image fed to the colour
+      MLP (0: none; :mod:`fieldcraft.fields.appearance`); other views use the mean code.
     - ``ema_decay``: also keep an exponential moving average of the weights (Polyak averaging,
       ``ema <- d * ema + (1 - d) * w`` after every step, ``d = min(ema_decay, (1 + step) / (10 + step))``),
       saved in the checkpoint and used by evaluation and rendering (0: off).
@@ -120,12 +130,16 @@ class NerfConfig(Config):
     hull_dilate: int = 2
     ema_decay: float = 0.0
     seed: int = 0
+    contraction: bool = False
+    appearance_dim: int = 0
 
     def __post_init__(self) -> None:
         check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r} (use {'|'.join(SAMPLERS)})")
         check(self.background in BACKGROUNDS, f"unknown background {self.background!r} (use {'|'.join(BACKGROUNDS)})")
         check(self.box in BOXES, f"unknown box {self.box!r} (use {'|'.join(BOXES)})")
         check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (use {'|'.join(SCHEDULES)})")
+        check(not self.contraction or self.sampler == "occupancy", "contraction needs the occupancy sampler")
+        check(self.appearance_dim >= 0, f"appearance_dim must be >= 0, got {self.appearance_dim}")
 
     def optimizer(self, grid: bool) -> OptimizerConfig:
         """Adam from ``lr`` with the ``schedule``: Instant-NGP's betas (0.9, 0.99) and eps 1e-15 for
@@ -151,6 +165,14 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
             color_width=64, color_layers=2, density_activation="trunc_exp", density_bias=-1.0)
         cfg = NerfConfig(preset=preset, field=field, sampler="occupancy", render_steps=128 if ndc else 256, rays=256,
                          target_samples=1 << 14, lr=1e-2, schedule="steps", background="random")
+    elif preset == "tensorf":
+        field = RadianceFieldConfig(
+            position_encoding=TensoRFVMConfig(resolution=128, n_components=24, upsample_steps=(150, 300)),
+            trunk_layers=0, n_features=27, direction_encoding=SphericalHarmonicsConfig(degree=4),
+            color_width=64, color_layers=2, density_activation="trunc_exp", density_bias=-1.0)
+        cfg = NerfConfig(preset=preset, field=field, sampler="occupancy", render_steps=128 if ndc else 256, rays=256,
+                         target_samples=1 << 14, lr=2e-2, schedule="steps", background="random",
+                         box="dataset" if ndc else "silhouette")
     elif preset == "vanilla":
         field = RadianceFieldConfig(
             position_encoding=FrequencyEncodingConfig(n_frequencies=10), trunk_width=256, trunk_layers=8, skips=(5,),
@@ -167,6 +189,11 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
         cfg = NerfConfig(preset=preset, field=field, sampler="stratified", n_samples=64, full_image=True,
                          micro_batch_rays=512, lr=5e-4, schedule="exp", background="white", bf16=True,
                          box="hull", hull_dilate=1, ema_decay=0.95)
+    elif preset == "nerfacto":  # instant's fit in contracted space: finest level 1024 over [-2, 2]^3, appearance codes
+        cfg = nerf_config("instant")
+        field = cfg.field.replace(position_encoding=cfg.field.position_encoding.replace(max_resolution=1024))
+        cfg = cfg.replace(preset=preset, field=field, render_steps=128, contraction=True, appearance_dim=16,
+                          grid_threshold=0.0025)
     else:
         raise FieldcraftError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if background is not None:

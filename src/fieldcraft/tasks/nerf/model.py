@@ -23,8 +23,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from fieldcraft.data.cameras import Cameras
+from fieldcraft.encodings import coarse_to_fine
+from fieldcraft.fields.appearance import AppearanceField
 from fieldcraft.fields.radiance import RadianceField
 from fieldcraft.render.compositing import accumulate, apply_background, weights_from_densities
+from fieldcraft.render.contraction import CONTRACTED_BOX, contract, contracted_march, contraction_scale
 from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
 from fieldcraft.render.rays import Rays, make_rays, pixel_centres
 from fieldcraft.render.samplers import interval_points, merge_edges, sample_pdf, stratified_edges
@@ -47,28 +50,57 @@ class NerfModel(nn.Module):
     box ``aabb`` ``[2, 3]`` (world units; NDC box for forward-facing scenes, ``ndc=True``).
 
     Modules: ``field``, ``fine`` (or None), ``grid`` (:class:`OccupancyGrid` for the ``occupancy``
-    sampler, else None), ``hull`` (:class:`BinaryGrid` for ``box="hull"``, else None)."""
+    sampler, else None), ``hull`` (:class:`BinaryGrid` for ``box="hull"``, else None).
 
-    def __init__(self, config: NerfConfig, aabb: Float[Tensor, "2 3"], ndc: bool) -> None:
+    ``contraction`` (unbounded scenes): ``aabb`` is the inner box (buffer ``box``); field and grid
+    live in contracted space ``[-2, 2]^3`` (:mod:`fieldcraft.render.contraction`).
+    ``appearance_dim > 0``: the field is an :class:`~fieldcraft.fields.appearance.AppearanceField`
+    with a code for each of ``n_images`` training images (``Rays.camera`` while training)."""
+
+    def __init__(self, config: NerfConfig, aabb: Float[Tensor, "2 3"], ndc: bool, n_images: int = 0) -> None:
         super().__init__()
         self.config, self.ndc = config, ndc
-        self.field = config.field.build(aabb)
+        self.contracted = config.contraction and not ndc
+        if self.contracted:
+            self.register_buffer("box", aabb.clone().float())
+            inner_diag = float((aabb[1] - aabb[0]).norm())
+            aabb = torch.tensor(CONTRACTED_BOX, device="cpu")  # a real tensor even when built on "meta"
+        if config.appearance_dim > 0:
+            self.field = AppearanceField(config.field, aabb, n_images, config.appearance_dim)
+        else:
+            self.field = config.field.build(aabb)
         self.fine = config.fine_field.build(aabb) if config.fine_field is not None and config.n_importance > 0 else None
         self.grid = OccupancyGrid(aabb, config.grid_resolution) if config.sampler == "occupancy" else None
         self.hull = BinaryGrid(aabb, config.hull_resolution) if config.box == "hull" and not ndc else None
         diag = float((aabb[1] - aabb[0]).norm())
         self.step_size = (1.0 if ndc else diag) / config.render_steps
+        if self.contracted:  # the occupancy grid's step: a 1024th of the inner box's diagonal (nerfacc-like)
+            self.step_size = inner_diag / 1024
 
     @property
     def aabb(self) -> Float[Tensor, "2 3"]:
-        return self.field.aabb
+        """The box the model was fitted in (world units; the inner box of a contracted model)."""
+        return self.box if self.contracted else self.field.aabb
+
+    def field_points(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
+        """World points in the field's coordinates: contracted (``contraction``), else as they are."""
+        if not self.contracted:
+            return x
+        centre, half = 0.5 * (self.box[0] + self.box[1]), 0.5 * (self.box[1] - self.box[0]).max()
+        return contract((x - centre) / half)
+
+    def grid_density(self, y: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
+        """Density at grid points (field coordinates) for the occupancy grid; in contracted space
+        scaled by the world length of a contracted step (:func:`~fieldcraft.render.contraction.contraction_scale`)."""
+        sigma = self.field.density(y)
+        return sigma * contraction_scale(y) if self.contracted else sigma
 
     # --- rays
     def rays(self, cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], v: Float[Tensor, " m"],
              near: float, far: float) -> Rays:
         """Rays through pixel coordinates ``(u, v)`` of cameras ``cam``, clipped to the model's box and
         ``[near, far]`` (:func:`~fieldcraft.render.rays.make_rays`) and to the hull (:meth:`clip_rays`)."""
-        return self.clip_rays(make_rays(cameras, cam, u, v, near, far, self.aabb, self.ndc))
+        return self.clip_rays(make_rays(cameras, cam, u, v, near, far, None if self.contracted else self.aabb, self.ndc))
 
     def view_rays(self, cameras: Cameras, index: int, near: float, far: float) -> Rays:
         """The rays of every pixel of camera ``index`` (row-major), on the model's device."""
@@ -87,10 +119,12 @@ class NerfModel(nn.Module):
 
     # --- occupancy grid
     def update_grid(self, step: int) -> None:
-        """Refresh the occupancy grid every ``grid_update_every`` steps (no-op without one)."""
+        """Refresh the occupancy grid every ``grid_update_every`` steps (no-op without one), after bringing
+        coarse-to-fine encodings to this step's resolution (:func:`~fieldcraft.encodings.coarse_to_fine`)."""
+        coarse_to_fine(self, step)
         c = self.config
         if self.grid is not None and step % c.grid_update_every == 0:
-            self.grid.update(step, self.field.density, self.step_size, c.grid_decay, c.grid_threshold, c.grid_warmup)
+            self.grid.update(step, self.grid_density, self.step_size, c.grid_decay, c.grid_threshold, c.grid_warmup)
 
     # --- rendering
     def render(self, rays: Rays, background: Float[Tensor, "#m 3"], train: bool = False, step: int | None = None
@@ -119,16 +153,25 @@ class NerfModel(nn.Module):
     def _render_packed(self, rays: Rays, bg: Tensor, train: bool, step: int | None) -> Rendered:
         c, m = self.config, len(rays)
         with torch.no_grad():
-            ri, t0, t1 = march(self.grid, rays.origins, rays.dirs, rays.t_min, rays.t_max, self.step_size, jitter=train)
+            if self.contracted:
+                ri, t0, t1 = contracted_march(self.grid, rays.origins, rays.dirs, rays.t_min, rays.t_max, self.box,
+                                              c.render_steps, jitter=train)
+            else:
+                ri, t0, t1 = march(self.grid, rays.origins, rays.dirs, rays.t_min, rays.t_max, self.step_size,
+                                   jitter=train)
             if c.early_stop_eps > 0 and len(ri):
                 pts = rays.origins[ri] + (0.5 * (t0 + t1))[:, None] * rays.dirs[ri]
-                sig = self.field.density(pts)
+                sig = self.field.density(self.field_points(pts))
                 alpha_thre = c.alpha_threshold if (step is None or step >= c.grid_warmup) else 0.0
                 keep = termination_mask(sig, t0, t1, ri, c.early_stop_eps, alpha_thre)
                 ri, t0, t1 = ri[keep], t0[keep], t1[keep]
         mid = 0.5 * (t0 + t1)
         pts = rays.origins[ri] + mid[:, None] * rays.dirs[ri]
-        sigma, rgb = self.field(pts, rays.viewdirs[ri])
+        if self.config.appearance_dim > 0:  # training images' own codes while training, else the mean code
+            camera = rays.camera[ri] if train and rays.camera is not None else None
+            sigma, rgb = self.field(self.field_points(pts), rays.viewdirs[ri], camera)
+        else:
+            sigma, rgb = self.field(self.field_points(pts), rays.viewdirs[ri])
         w, _, _ = weights_from_densities(sigma, t0, t1, ri)
         colour = accumulate(w, rgb, ri, m)
         opacity = accumulate(w, None, ri, m)

@@ -7,8 +7,8 @@
   and writes ``metrics.json``: per-view and mean PSNR and SSIM (:mod:`fieldcraft.metrics`; SSIM
   with the papers' 11x11 Gaussian window) of the float renders against the views composited on
   the evaluation background, in ``[0, 1]``.
-- :func:`render_orbit` renders a camera orbit (:func:`orbit_cameras`) to a video
-  (:func:`fieldcraft.io.video.write_video`).
+- :func:`render_orbit` renders a camera orbit (:func:`orbit_cameras`), or the smoothed captured
+  camera path (:func:`path_cameras`), to a video (:func:`fieldcraft.io.video.write_video`).
 
 Rendering happens on the requested device; images come to the CPU only to be scored and written.
 """
@@ -30,7 +30,7 @@ from fieldcraft.data.scene import PosedImages, composite, load_posed_images
 from fieldcraft.errors import check, reading
 from fieldcraft.io.checkpoint import build_loaded, load_checkpoint
 from fieldcraft.metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
-from fieldcraft.render.cameras import orbit
+from fieldcraft.render.cameras import orbit, smooth_path
 from fieldcraft.tasks.nerf.config import TASK, NerfConfig
 from fieldcraft.tasks.nerf.model import NerfModel, background_colour
 
@@ -50,7 +50,8 @@ def load_model(out_dir: str | Path, averaged: bool = True, device: str | None = 
         aabb = torch.tensor(meta["aabb"], dtype=torch.float32)
         check(aabb.shape == (2, 3) and bool(torch.isfinite(aabb).all()) and bool((aabb[1] > aabb[0]).all()),
               f"{out_dir}: malformed checkpoint: 'aabb' must be [[min x, y, z], [max x, y, z]], got {meta['aabb']!r:.80}")
-        model = build_loaded(lambda: NerfModel(config, aabb, bool(meta["ndc"])), tensors, "model").to(device)
+        model = build_loaded(lambda: NerfModel(config, aabb, bool(meta["ndc"]), int(meta.get("n_images", 0))),
+                             tensors, "model").to(device)
         if averaged and any(k.startswith("extra.ema.") for k in tensors):
             with torch.no_grad():
                 for n, p in model.named_parameters():
@@ -66,7 +67,8 @@ def load_model(out_dir: str | Path, averaged: bool = True, device: str | None = 
 def fitted_views(meta: dict[str, Any], data_path: str | Path | None, split: str,
                  max_images: int | None = None) -> PosedImages:
     """A split of the fitted dataset (or of ``data_path``) in the box the field was fitted in."""
-    data = load_posed_images(data_path or meta["data"], split, max_images=max_images)
+    data = load_posed_images(data_path or meta["data"], split, max_images=max_images,
+                             downscale=int(meta.get("downscale", 1)), skip_missing=bool(meta.get("skip_missing", False)))
     return dataclasses.replace(data, aabb=torch.tensor(meta["aabb"], dtype=data.aabb.dtype))
 
 
@@ -94,7 +96,7 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | Path | N
         rays = model.view_rays(data.cameras, k, data.near, data.far)
         out = {key: v.float().cpu().numpy() for key, v in
                model.render_image(rays, bg.to(device)[None], data.height, data.width).items()}
-        gt = composite(data.images[k], bg).cpu().numpy()
+        gt = composite(data.image(k), bg).cpu().numpy()
         name = Path(data.names[k]).with_suffix(".png")
         write_png(dest / name, out["rgb"])
         write_png(dest / "depth" / name, depth_picture(out["depth"], out["opacity"]))
@@ -140,9 +142,11 @@ def orbit_cameras(data: PosedImages, frames: int) -> Cameras:
 
 
 def render_orbit(out_dir: str | Path, dest: str | Path, frames: int = 60, fps: int = 30,
-                 data_path: str | Path | None = None, progress: bool = True, device: str | None = None) -> Path:
-    """Render :func:`orbit_cameras` of the fitted training views to the video ``dest``; returns the
-    path written (``.gif`` when mp4 cannot be encoded, :func:`fieldcraft.io.video.write_video`)."""
+                 data_path: str | Path | None = None, progress: bool = True, device: str | None = None,
+                 path: bool = False) -> Path:
+    """Render :func:`orbit_cameras` of the fitted training views (``path``: :func:`path_cameras`, the
+    smoothed captured camera path) to the video ``dest``; returns the path written (``.gif`` when
+    mp4 cannot be encoded, :func:`fieldcraft.io.video.write_video`)."""
     from tqdm.auto import tqdm
 
     from fieldcraft.io.video import write_video
@@ -150,10 +154,20 @@ def render_orbit(out_dir: str | Path, dest: str | Path, frames: int = 60, fps: i
     check(frames >= 1, f"--frames must be >= 1, got {frames}")
     model, meta = load_model(out_dir, device=device)
     data = fitted_views(meta, data_path, "train")
-    cams = orbit_cameras(data, frames)
+    cams = path_cameras(data, frames) if path else orbit_cameras(data, frames)
     bg = background_colour(model.config.background, model.aabb.device)[None]
     images = []
-    for k in tqdm(range(frames), desc="render orbit", disable=not progress):
+    for k in tqdm(range(frames), desc="render path" if path else "render orbit", disable=not progress):
         rays = model.view_rays(cams, k, data.near, data.far)
         images.append(model.render_image(rays, bg, cams.height, cams.width)["rgb"].float().cpu().numpy())
     return write_video(Path(dest), images, fps)
+
+
+def path_cameras(data: PosedImages, frames: int, sigma: float = 2.0) -> Cameras:
+    """``frames`` pinhole cameras with the intrinsics of ``data``'s first view along the captured
+    camera path: the training poses in the dataset's order, smoothed and resampled
+    (:func:`fieldcraft.render.cameras.smooth_path`, Gaussian of ``sigma`` poses)."""
+    cams = data.cameras
+    first = lambda t: t[:1].cpu().expand(frames).clone()
+    poses = smooth_path(cams.c2w.cpu(), frames, sigma)
+    return Cameras(poses, first(cams.fx), first(cams.fy), first(cams.cx), first(cams.cy), cams.width, cams.height)

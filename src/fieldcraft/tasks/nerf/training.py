@@ -14,8 +14,10 @@ update the running average of the weights and adapt ``n_rays`` to ``target_sampl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,19 @@ from fieldcraft.data.bounds import silhouette_aabb, visual_hull
 from fieldcraft.data.scene import PosedImages, composite, forward_facing, load_posed_images
 from fieldcraft.encodings import GridEncoding
 from fieldcraft.metrics import psnr_from_mse
-from fieldcraft.render.rays import Rays, pixel_centres
+from fieldcraft.render.contraction import inner_box
+from fieldcraft.render.rays import PixelRays, PixelTable, Rays
 from fieldcraft.tasks.nerf.config import TASK, NerfConfig, nerf_config
 from fieldcraft.tasks.nerf.model import NerfModel, background_colour
-from fieldcraft.train import Budget, Objective, Run
+from fieldcraft.train import Budget, Objective, Run, distributed
+from fieldcraft.train.distributed import Shard, shard
 
 
 def scene_bounds(config: NerfConfig, data: PosedImages) -> tuple[Float[Tensor, "2 3"], Bool[Tensor, "R R R"] | None]:
     """The box the field lives in and, for ``box="hull"``, the carved visual hull (``hull_resolution^3``
     cells of that box, masks grown by ``hull_dilate`` pixels, the hull by one cell); see ``NerfConfig.box``."""
+    if config.contraction and not data.ndc:  # unbounded: the inner box around the cameras, contracted beyond
+        return inner_box(data.cameras.c2w), None
     if config.box == "dataset" or data.ndc:
         return data.aabb, None
     if data.images.shape[-1] != 4:
@@ -49,15 +55,16 @@ def scene_bounds(config: NerfConfig, data: PosedImages) -> tuple[Float[Tensor, "
                             grow=1)
 
 
-def training_rays(model: NerfModel, data: PosedImages) -> tuple[Rays, Float[Tensor, "n c"]]:
+def training_rays(model: NerfModel, data: PosedImages) -> tuple[PixelRays, PixelTable]:
     """The ray (clipped to the model's box and hull) and the pixel (RGB or straight RGBA) of every
-    pixel of every view, view-major, on the model's device."""
+    pixel of every view, view-major, on the model's device: rays made per batch when indexed
+    (:class:`~fieldcraft.render.rays.PixelRays`), pixels kept as stored (``uint8``) and given as
+    float32 (:class:`~fieldcraft.render.rays.PixelTable`)."""
     n, h, w = len(data), data.height, data.width
     device = model.aabb.device
-    u, v = pixel_centres(h, w, device)
-    cam = torch.arange(n, device=device).repeat_interleave(h * w)
-    rays = model.rays(data.cameras.to(device), cam, u.repeat(n), v.repeat(n), data.near, data.far)
-    return rays, data.images.to(device).reshape(n * h * w, -1)
+    cams = data.cameras.to(device)
+    rays = PixelRays(lambda cam, u, v: model.rays(cams, cam, u, v, data.near, data.far), n, h, w, device)
+    return rays, PixelTable(data.images.to(device).reshape(n * h * w, -1))
 
 
 class PhotometricLoss(Objective):
@@ -112,16 +119,25 @@ class PhotometricLoss(Objective):
             err = float(torch.sum(((bg[miss] if len(bg) > 1 else bg) - target[miss]) ** 2)) / (m * 3)
             mse, loss_sum = mse + err, loss_sum + (2 * err if model.fine is not None else err)
         ids = hit.nonzero().squeeze(-1)
-        for s in range(0, len(ids), piece):
-            sl = ids[s:s + piece]
-            out = model.render(rays[sl], bg[sl] if len(bg) > 1 else bg, train=True, step=step)
-            # Sums over the piece divided by the whole batch's size: the pieces' losses add up to the batch mean.
-            err = torch.sum((out["rgb"] - target[sl]) ** 2) / (m * 3)
-            loss = err + (torch.sum((out["rgb_coarse"] - target[sl]) ** 2) / (m * 3) if "rgb_coarse" in out else 0.0)
-            loss.backward()
-            mse += float(err.detach())
-            loss_sum += float(loss.detach())
-            samples += int(out["samples"])
+        part = shard(len(ids), allow_empty=True)  # this rank's hit rays (all of them in one process)
+        miss_mse, miss_loss = mse, loss_sum
+        with rank_jitter(c, step, part, self.pixels.device):
+            for s in range(part.slice.start, part.slice.stop, piece):
+                sl = ids[s:min(s + piece, part.slice.stop)]
+                out = model.render(rays[sl], bg[sl] if len(bg) > 1 else bg, train=True, step=step)
+                # Sums over the piece divided by the whole batch's size: the pieces' losses add up to the batch mean.
+                err = torch.sum((out["rgb"] - target[sl]) ** 2) / (m * 3)
+                loss = err + (torch.sum((out["rgb_coarse"] - target[sl]) ** 2) / (m * 3) if "rgb_coarse" in out else 0.0)
+                loss.backward()
+                mse += float(err.detach())
+                loss_sum += float(loss.detach())
+                samples += int(out["samples"])
+        if distributed.active():  # the global batch's figures on every rank (adaptive ray count, logs)
+            hit_mse, hit_loss, samples = distributed.all_sum([mse - miss_mse, loss_sum - miss_loss, samples])
+            mse, loss_sum, samples = miss_mse + hit_mse, miss_loss + hit_loss, int(samples)
+            self._last = (m, samples)
+            return None, {"loss": loss_sum if distributed.is_main() else 0.0,  # the core sums "loss" over ranks
+                          "psnr": psnr_from_mse(mse), "rays": float(m), "spr": samples / max(m, 1)}
         self._last = (m, samples)
         return None, {"loss": loss_sum, "psnr": psnr_from_mse(mse), "rays": float(m), "spr": samples / max(m, 1)}
 
@@ -150,6 +166,33 @@ class PhotometricLoss(Objective):
         self.rays_seen = int(meta.get("rays_seen", 0))
 
 
+@contextlib.contextmanager
+def rank_jitter(config: NerfConfig, step: int, part: Shard, device: torch.device) -> Iterator[None]:
+    """The random sample offsets of this rank's rays when fitting as several ranks (a no-op in one process).
+
+    On the CPU the occupancy sampler draws one offset per ray (:func:`~fieldcraft.render.occupancy_grid.march`),
+    the stratified sampler without a fine field ``n_samples`` per ray
+    (:func:`~fieldcraft.render.samplers.interval_points`), in ray order from torch's global
+    generator: skipping the draws of the rays before this rank's part, and after it, gives each ray
+    the offsets a single process gives it and leaves every rank's generator where a single process
+    leaves it (the occupancy-grid updates then agree). Otherwise (a fine field interleaves its
+    draws; CUDA's generator) this rank's offsets come from a generator seeded with
+    ``(seed, step, rank)``, restored afterwards: same distribution, not the single process's numbers."""
+    if not distributed.active():
+        yield
+        return
+    stratified = config.sampler == "stratified" and config.fine_field is None
+    per_ray = 1 if config.sampler == "occupancy" else config.n_samples if stratified else 0
+    if per_ray and device.type == "cpu":
+        torch.rand(part.slice.start * per_ray)
+        yield
+        torch.rand((part.total - part.slice.stop) * per_ray)
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed((config.seed * 1_000_003 + step) * 4096 + distributed.world()[0])
+        yield
+
+
 def has_grid(model: torch.nn.Module) -> bool:
     """Whether ``model`` holds a grid encoding (it then gets Instant-NGP's Adam, ``NerfConfig.optimizer``)."""
     return any(isinstance(m, GridEncoding) for m in model.modules())
@@ -157,14 +200,18 @@ def has_grid(model: torch.nn.Module) -> bool:
 
 def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budget: Budget | None = None, *,
         resume: bool = False, progress: bool = True, device: str | None = None, given: tuple[str, ...] = (),
-        overwrite: bool = False, max_images: int | None = None, checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+        overwrite: bool = False, max_images: int | None = None, checkpoint_seconds: float = 60.0,
+        downscale: int | None = None, skip_missing: bool = False) -> dict[str, Any]:
     """Fit a radiance field to ``data_path``'s training split; checkpoint (prefix ``model``) and
     ``history.jsonl`` in ``out``. Returns a summary (``stopped`` names the signal that ended the run
     early, if one did).
 
     ``config`` None: the default preset for the dataset. ``budget`` None: the stored budget when
     resuming (a fresh run needs one). ``given``: the option names the user set (on resume, stored
-    settings are kept and the differing given ones reported). ``max_images``: only the first N views."""
+    settings are kept and the differing given ones reported). ``max_images``: only the first N views.
+    ``downscale``, ``skip_missing``: :func:`~fieldcraft.data.scene.load_posed_images` (stored in the
+    checkpoint, which evaluation and rendering read the same way; None: 1, or the stored factor
+    when resuming)."""
     from fieldcraft.runtime import default_device
 
     if config is None:
@@ -172,20 +219,24 @@ def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budge
     run = Run.open(out, TASK, config, resume=resume, given=given, budget=budget, device=device or default_device(),
                    overwrite=overwrite)
     config = run.config  # type: ignore[assignment]
-    data = load_posed_images(data_path, "train", max_images=max_images)
+    if downscale is None:
+        downscale = int(run.meta.get("downscale", 1)) if run.resumed else 1
+    data = load_posed_images(data_path, "train", max_images=max_images, downscale=downscale,
+                             skip_missing=skip_missing)
     if run.resumed:  # the box and hull the run was fitted in (the training rays are clipped to them)
         aabb, hull = torch.tensor(run.meta["aabb"], dtype=data.aabb.dtype), run.tensors.get("model.hull.binary")
     else:
         aabb, hull = scene_bounds(config, data)
     torch.manual_seed(config.seed)
-    model = NerfModel(config, aabb, data.ndc)
+    model = NerfModel(config, aabb, data.ndc, n_images=len(data))
     if hull is not None and model.hull is not None:
         model.hull.binary.copy_(hull.cpu())
     model = model.to(run.device)
     rays, pixels = training_rays(model, dataclasses.replace(data, aabb=aabb))
     objective = PhotometricLoss(config, rays, pixels, data.height * data.width, model)
     meta = {"data": str(Path(data_path).resolve()), "ndc": data.ndc, "aabb": aabb.tolist(), "near": data.near,
-            "far": data.far}
+            "far": data.far, "downscale": downscale, "skip_missing": skip_missing,
+            "n_images": len(data)}
     trainer = run.trainer(model, objective, config.optimizer(has_grid(model)), meta=meta, prefix="model",
                           checkpoint_seconds=checkpoint_seconds, log_every=10,
                           description=f"fit nerf [{config.preset}]", progress=progress)
