@@ -109,26 +109,37 @@ def load_checkpoint_arrays(directory: Path, prefix: str) -> tuple[dict[str, np.n
     return _read(directory, "numpy", "cpu", prefix + ".")
 
 
+def read_headed_safetensors(path: Path, key: str, kind: str, framework: str = "numpy", device: str = "cpu",
+                            prefix: str | None = None) -> tuple[dict, dict[str, Any]]:
+    """``(tensors, header)`` of a safetensors file whose string metadata ``key`` holds a JSON object
+    (checkpoints, octree files). Only tensors whose names start with ``prefix`` when given. A
+    missing, corrupt or header-less file raises :class:`~fieldcraft.errors.FieldcraftError` naming
+    ``path`` and ``kind`` (e.g. ``"checkpoint"``); the caller checks the header's version."""
+    try:
+        kwargs = {"device": device} if framework == "pt" else {}
+        with safe_open(str(path), framework=framework, **kwargs) as f:
+            text = (f.metadata() or {}).get(key)
+            tensors = {k: f.get_tensor(k) for k in f.keys() if prefix is None or k.startswith(prefix)}
+    except Exception as exc:  # noqa: BLE001 (safetensors raises several types for corrupt files)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FieldcraftError(f"{path}: unreadable {kind} ({first})") from None
+    if text is None:
+        raise FieldcraftError(f"{path}: not a fieldcraft {kind} (no '{key}' metadata)")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FieldcraftError(f"{path}: malformed {kind} metadata ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise FieldcraftError(f"{path}: malformed {kind} metadata (not a JSON object)")
+    return tensors, meta
+
+
 def _read(directory: Path, framework: str, device: str, prefix: str | None) -> tuple[dict, dict[str, Any]]:
     directory = Path(directory)
     path = directory / CHECKPOINT_NAME if directory.is_dir() else directory
     if not path.exists():
         raise FieldcraftError(f"{path}: no checkpoint here (expected {CHECKPOINT_NAME} written by 'fieldcraft fit')")
-    try:
-        kwargs = {"device": device} if framework == "pt" else {}
-        with safe_open(str(path), framework=framework, **kwargs) as f:
-            meta_text = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys() if prefix is None or k.startswith(prefix)}
-    except Exception as exc:  # safetensors raises several types for corrupt files
-        raise FieldcraftError(f"{path}: unreadable checkpoint ({exc})") from None
-    if meta_text is None:
-        raise FieldcraftError(f"{path}: not a fieldcraft checkpoint (no '{META_KEY}' metadata)")
-    try:
-        meta = json.loads(meta_text)
-    except json.JSONDecodeError as exc:
-        raise FieldcraftError(f"{path}: malformed checkpoint metadata ({exc})") from None
-    if not isinstance(meta, dict):
-        raise FieldcraftError(f"{path}: malformed checkpoint metadata (not a JSON object)")
+    tensors, meta = read_headed_safetensors(path, META_KEY, "checkpoint", framework, device, prefix)
     version = meta.get("format", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise FieldcraftError(f"{path}: checkpoint format {version!r} is newer than this fieldcraft "

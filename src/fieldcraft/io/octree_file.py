@@ -30,7 +30,6 @@ Voxels outside the listed bricks are empty.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -149,24 +148,12 @@ def save_octree(path: str | Path, tree: Octree) -> Path:
 def load_octree(path: str | Path) -> Octree:
     """Read a file written by :func:`save_octree` (values as float32); one line for a missing,
     corrupt or inconsistent file, or one of a newer format."""
-    from safetensors import safe_open
+    from fieldcraft.io.checkpoint import read_headed_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FieldcraftError(f"{path}: no such octree file (write one with 'fieldcraft export nerf DIR --format octree')")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            text = (f.metadata() or {}).get(META_KEY)
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 (safetensors raises several types for corrupt files)
-        raise FieldcraftError(f"{path}: unreadable octree file ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
-    if text is None:
-        raise FieldcraftError(f"{path}: not a fieldcraft octree (no '{META_KEY}' metadata)")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FieldcraftError(f"{path}: malformed octree header ({exc.msg})") from None
-    check(isinstance(meta, dict), f"{path}: malformed octree header (not a JSON object)")
+    arrays, meta = read_headed_safetensors(path, META_KEY, "octree file")
     version = meta.get("format")
     check(isinstance(version, int) and not isinstance(version, bool) and version >= 1,
           f"{path}: malformed octree header ('format' must be a positive integer, got {version!r:.40})")
