@@ -13,6 +13,10 @@ install: .install.stamp
 .install.stamp: pyproject.toml
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
 	$(PYTHON) -m pip install -e ".[dev]"
+	@# tests/test_viewer.py drives Debian's chromium: installed here when root with apt-get, else that test skips saying why
+	-@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "make install: Debian's chromium is not installed (needs root and apt-get): the browser test will skip"
 	touch $@
 
 demo: install

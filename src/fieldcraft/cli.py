@@ -1,9 +1,9 @@
 """The ``fieldcraft`` command line: ``fieldcraft <verb> <task> ...``.
 
 Verbs: ``fit``, ``render``, ``eval``, ``export``, ``encode``, ``sample``. Top-level commands:
-``compress``, ``decompress`` (the neural image codec). Each task's sub-commands live in their own
-module under :mod:`fieldcraft.commands` and register themselves through ``register(verbs)``;
-registering imports no PyTorch, and a command that does not need it sets ``uses_torch=False``
+``compress``, ``decompress`` (the neural image codec), ``view`` (the viewer in the browser). Each
+task's sub-commands live in their own module under :mod:`fieldcraft.commands` and register
+themselves through ``register(verbs)``; registering imports no PyTorch, and a command that does not need it sets ``uses_torch=False``
 as a parser default.
 Bad input raises :class:`~fieldcraft.errors.FieldcraftError`, printed as one line
 (``fieldcraft: error: ...``) with exit status 2; ``--debug`` shows the traceback instead.
@@ -26,7 +26,7 @@ VERBS = {
     "sample": "draw new signals from a fitted generative model (functa)",
 }
 # one module per task under fieldcraft.commands; each defines register(verbs)
-COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa", "codec")
+COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa", "codec", "lightfield", "view")
 # top-level commands that are not ``<verb> <task>`` (``fieldcraft compress IMG``): a module adds
 # them through ``verbs[TOP_LEVEL]``
 TOP_LEVEL = ""

@@ -37,6 +37,25 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
                         "evaluation and rendering read them the same way (default 1, or the stored factor on --resume)")
     p.add_argument("--skip-missing", action="store_true",
                    help="drop frames whose image file is missing (says how many) instead of stopping")
+    p.add_argument("--refine-poses", action="store_true",
+                   help="camera refinement (BARF): optimise a pose correction per training image with the field, "
+                        "opening the position encoding's levels coarse to fine; writes the refined poses to "
+                        "--out/poses.json (docs/nerf.md)")
+    p.add_argument("--pose-lr", type=float, default=None, metavar="LR",
+                   help="with --refine-poses: the corrections' learning rate (radians, and scene-box diagonals, "
+                        "a step; default 1e-3)")
+    p.add_argument("--blocks", type=int, default=None, metavar="N",
+                   help="split the scene into N overlapping blocks of cameras (Block-NeRF) and fit one field per "
+                        "block in --out/block_<k>/ (layout in --out/blocks.json); the budget is for all blocks "
+                        "together; eval/render composite the blocks (docs/scaling.md)")
+    p.add_argument("--block", type=int, default=None, metavar="K",
+                   help="with --blocks: fit only block K (0-based), with the whole budget (blocks as separate jobs)")
+    p.add_argument("--block-overlap", type=float, default=None, metavar="F",
+                   help="with --blocks: a camera also joins every block whose centre is at most (1 + F) times as far "
+                        "as its nearest block's (default 0.5)")
+    p.add_argument("--match-colours", action="store_true",
+                   help="with --blocks: composite the blocks through their colour transforms (fitted on shared "
+                        "training views either way; stored in blocks.json)")
     p.set_defaults(func=_fit)
 
     e = verbs["eval"].add_parser("nerf", help="render a split of the dataset and score it",
@@ -49,6 +68,9 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--limit", type=int, default=None, help="only the first N views")
     e.add_argument("--last-weights", action="store_true",
                    help="evaluate the last step's weights, not their running average (runs with ema_decay > 0)")
+    e.add_argument("--align", action="store_true",
+                   help="runs fitted with --refine-poses: move the views' poses by the similarity from the given to "
+                        "the refined training poses (held-out poses are not refined), into DIR/eval/<split>-aligned/")
     e.add_argument("--octree", type=Path, default=None, metavar="FILE",
                    help="evaluate this baked octree ('export nerf --format octree') instead of the field, "
                         "into DIR/eval/<split>-octree/ (adds milliseconds per view)")
@@ -59,11 +81,14 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     r = verbs["render"].add_parser("nerf", help="render a fitted radiance field (orbit video)")
     r.add_argument("directory", type=Path, help="output directory of 'fit nerf'")
     r.add_argument("--orbit", action="store_true", help="camera orbit around the scene")
-    r.add_argument("--path", action="store_true",
-                   help="along the captured camera path (training poses in the dataset's order, smoothed)")
+    r.add_argument("--path", nargs="?", const=True, default=False, metavar="FILE",
+                   help="alone: along the captured camera path (training poses in the dataset's order, smoothed); "
+                        "with FILE: the frames of that camera path file ('fieldcraft view' export, nerfstudio's "
+                        "camera_path.json layout; its size and fps; --out may then be .png: one PNG per frame)")
     r.add_argument("--frames", type=int, default=60)
     r.add_argument("--fps", type=int, default=30)
-    r.add_argument("--out", required=True, type=Path, help="video file: .mp4 (needs imageio-ffmpeg, else GIF) or .gif")
+    r.add_argument("--out", required=True, type=Path,
+                   help="video file: .mp4 (needs imageio-ffmpeg, else GIF) or .gif; with --path FILE also .png")
     r.add_argument("--data", default=None, help="dataset directory (default: the one fitted)")
     r.add_argument("--octree", type=Path, default=None, metavar="FILE",
                    help="render this baked octree ('export nerf --format octree') instead of the field")
@@ -101,15 +126,48 @@ def _fit(args: argparse.Namespace) -> int:
         if not args.resume:
             print(f"fit nerf: preset {preset} ({why}: {scene} scene; --preset chooses another)")
     config = nerf_config(preset, args.background, ndc=forward_facing(args.data), seed=args.seed)
+    if args.pose_lr is not None and not args.refine_poses:
+        from fieldcraft.errors import FieldcraftError
+
+        raise FieldcraftError("--pose-lr needs --refine-poses")
+    if args.refine_poses:
+        config = config.replace(pose_refine=True, **({} if args.pose_lr is None else {"pose_lr": args.pose_lr}))
+    if args.blocks is not None or args.block is not None or args.block_overlap is not None or args.match_colours:
+        return _fit_blocks(args, config)
     metrics = fit(config, args.data, args.out, budget_from_args(args), resume=args.resume, progress=not args.quiet,
                   device=device_from_args(args), given=tuple(args.given), overwrite=args.overwrite,
                   checkpoint_seconds=args.checkpoint_every, downscale=args.downscale, skip_missing=args.skip_missing)
     return report(args.out, metrics)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from fieldcraft.tasks.nerf import evaluate
+def _fit_blocks(args: argparse.Namespace, config) -> int:
+    from fieldcraft.errors import FieldcraftError
+    from fieldcraft.tasks.nerf.blocks import fit_blocks
 
+    if args.blocks is None:
+        raise FieldcraftError("--block, --block-overlap and --match-colours need --blocks N")
+    metrics = fit_blocks(config, args.data, args.out, budget_from_args(args), args.blocks, block=args.block,
+                         overlap=args.block_overlap, match_colours=args.match_colours, seed=args.seed,
+                         resume=args.resume, progress=not args.quiet,
+                         device=device_from_args(args), given=tuple(args.given), overwrite=args.overwrite,
+                         checkpoint_seconds=args.checkpoint_every, downscale=args.downscale,
+                         skip_missing=args.skip_missing)
+    return report(args.out, metrics)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fieldcraft.errors import FieldcraftError
+    from fieldcraft.tasks.nerf import evaluate
+    from fieldcraft.tasks.nerf.blocks import evaluate_blocks, is_blocks_dir
+
+    if is_blocks_dir(args.directory):  # the output of 'fit nerf --blocks': the blocks composited
+        if args.octree is not None or getattr(args, "align", False):
+            raise FieldcraftError(f"{args.directory}: --octree and --align are not supported for a blocks directory")
+        m = evaluate_blocks(args.directory, args.split, data_path=args.data, max_images=args.limit,
+                            progress=not args.quiet, averaged=not args.last_weights, device=device_from_args(args))
+        print(f"{args.split}: {m['views']} views composited from {m['blocks']} blocks, PSNR {m['psnr']:.2f} dB, "
+              f"SSIM {m['ssim']:.4f} -> {m['directory']}")
+        return 0
     if args.octree is not None:
         from fieldcraft.tasks.nerf.baked import evaluate_octree
 
@@ -118,8 +176,10 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{args.split} (octree): {m['views']} views, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
               f"{m['ms_per_view']:.1f} ms a view -> {m['directory']}")
         return 0
+    if args.align and (args.octree is not None or is_blocks_dir(args.directory)):
+        raise FieldcraftError(f"{args.directory}: --align applies to a single field, not to --octree or blocks")
     m = evaluate(args.directory, args.split, data_path=args.data, max_images=args.limit, progress=not args.quiet,
-                 averaged=not args.last_weights, device=device_from_args(args))
+                 averaged=not args.last_weights, device=device_from_args(args), align=args.align)
     print(f"{args.split}: {m['views']} views, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} -> {m['directory']}")
     return 0
 
@@ -128,11 +188,28 @@ def _render(args: argparse.Namespace) -> int:
     from fieldcraft.errors import FieldcraftError
     from fieldcraft.tasks.nerf import render_orbit
 
-    if args.orbit == args.path:
+    if args.orbit == bool(args.path):
         raise FieldcraftError("render nerf: choose one camera path (--orbit or --path)")
+    if isinstance(args.path, str):  # a camera path file (docs/viewer.md)
+        from fieldcraft.tasks.nerf.outputs import render_camera_path
+
+        written = render_camera_path(args.directory, args.path, args.out, octree=args.octree, data_path=args.data,
+                                     progress=not args.quiet, device=device_from_args(args))
+        print(f"wrote {written[0]}" + (f" ... {written[-1]} ({len(written)} files)" if len(written) > 1 else ""))
+        return 0
+    from fieldcraft.tasks.nerf.blocks import is_blocks_dir, render_blocks
+
+    if is_blocks_dir(args.directory):  # the output of 'fit nerf --blocks': every frame composited from the blocks
+        if args.octree is not None:
+            raise FieldcraftError(f"{args.directory}: --octree is not supported for a blocks directory")
+        path = render_blocks(args.directory, args.out, frames=args.frames, fps=args.fps, data_path=args.data,
+                             progress=not args.quiet, device=device_from_args(args), path=args.path)
+        print(f"wrote {path}")
+        return 0
     if args.octree is not None:
         if args.path:
-            raise FieldcraftError("render nerf --octree: renders the orbit only (use --orbit)")
+            raise FieldcraftError("render nerf --octree: renders the orbit or a camera path file (--orbit or "
+                                  "--path FILE), not the captured path")
         from fieldcraft.tasks.nerf.baked import render_orbit_octree
 
         path = render_orbit_octree(args.directory, args.octree, args.out, frames=args.frames, fps=args.fps,

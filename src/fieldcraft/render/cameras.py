@@ -54,6 +54,28 @@ def orbit(n: int, ring: float, height: float, up: Float[Tensor, " 3"], start: Fl
     return torch.stack(mats)
 
 
+
+def orbit_around(c2w: Float[Tensor, "n 3 4"], frames: int) -> Float[Tensor, "frames 3 4"]:
+    """``frames`` poses on a circle around the origin at the cameras ``c2w``'s mean distance from it
+    and mean height along their mean up axis, looking at the origin (:func:`orbit`): the orbit of an
+    object-centred capture.
+
+    >>> ring = orbit(6, 3.0, 1.0, torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0]))[:, :3]
+    >>> again = orbit_around(ring, 6)
+    >>> round(float(again[:, :3, 3].norm(dim=-1).mean()), 4), round(float(again[:, 2, 3].mean()), 4)
+    (3.1623, 1.0)
+    """
+    c2w = c2w.cpu().float()
+    up = c2w[:, :, 1].mean(0)
+    up = up / up.norm()
+    centres = c2w[:, :, 3]
+    height = (centres @ up).mean()
+    start = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0]))
+    if start.norm() < 1e-3:
+        start = torch.linalg.cross(up, torch.tensor([0.0, 1.0, 0.0]))
+    ring = torch.sqrt(torch.clamp(centres.norm(dim=-1).mean() ** 2 - height**2, min=1e-6))
+    return orbit(frames, float(ring), float(height), up, start / start.norm())[:, :3]
+
 def smooth_path(c2w: Float[Tensor, "n 3 4"], frames: int, sigma: float = 2.0) -> Float[Tensor, "frames 3 4"]:
     """A smooth camera path along captured poses (in capture order): camera centres, viewing
     directions and up vectors are each smoothed by a Gaussian of ``sigma`` poses along the

@@ -45,6 +45,21 @@ def camera_rays(cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"]
     return c2w[:, :, 3].expand_as(dirs).contiguous(), dirs
 
 
+def plucker(origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"]) -> Float[Tensor, "m 6"]:
+    """Plücker coordinates ``(d, m)`` of the lines ``o + t d``: the unit direction ``d`` and the
+    moment ``m = o x d`` (``|m|`` is the line's distance from the origin). Every point of a line
+    gives the same coordinates, since ``(o + t d) x d = o x d``.
+
+    >>> o, d = torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[0.0, 0.0, -2.0]])
+    >>> plucker(o, d).tolist()
+    [[0.0, 0.0, -1.0, -1.0, 0.0, 0.0]]
+    >>> torch.equal(plucker(o + 3.0 * d, d), plucker(o, d))
+    True
+    """
+    d = dirs / dirs.norm(dim=-1, keepdim=True)
+    return torch.cat([d, torch.linalg.cross(origins, d, dim=-1)], -1)
+
+
 def ray_aabb(origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], aabb: Float[Tensor, "2 3"]
              ) -> tuple[Float[Tensor, " m"], Float[Tensor, " m"]]:
     """Entry and exit distances of rays through an axis-aligned box (slab method).

@@ -10,7 +10,9 @@ compositing over a background -> MSE against the pixels. By stage:
   and the rendering of a ray batch;
 - :mod:`~fieldcraft.tasks.nerf.training`: the objective on the training core and :func:`fit`;
 - :mod:`~fieldcraft.tasks.nerf.outputs`: :func:`load_model`, :func:`evaluate` (renders + PSNR /
-  SSIM of a split), :func:`render_orbit` (video).
+  SSIM of a split), :func:`render_orbit` (video);
+- :mod:`~fieldcraft.tasks.nerf.blocks`: a scene fitted as overlapping blocks of cameras, one field
+  each, composited per view (Block-NeRF; ``fit nerf --blocks``).
 
 Generic pieces live below the task: rays and ray batches (:mod:`fieldcraft.render.rays`),
 samplers, compositing, occupancy grids, camera paths (:mod:`fieldcraft.render.cameras`), depth

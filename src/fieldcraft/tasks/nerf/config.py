@@ -95,6 +95,15 @@ class NerfConfig(Config):
       (:func:`fieldcraft.render.contraction.contracted_march`).
     - ``appearance_dim``: length of a learned appearance code per training image fed to the colour
       MLP (0: none; :mod:`fieldcraft.fields.appearance`); other views use the mean code.
+    - ``pose_refine``: camera refinement (BARF, :mod:`fieldcraft.render.pose_refinement`): a pose
+      correction per training image (axis-angle rotation + translation in the camera's frame,
+      starting at zero) optimised with the field, applied to the training rays only; the position
+      encodings' levels / frequency bands are opened coarse to fine over training
+      (:mod:`fieldcraft.encodings.annealing`).
+    - ``pose_lr``: the corrections' learning rate (radians, and scene-box diagonals, a step), under
+      the same ``schedule`` as ``lr``.
+    - ``c2f_start``, ``c2f_end``: fractions of the budget over which the encoding's finer levels /
+      bands open (BARF's window; before ``c2f_start`` only the coarsest level / the raw input).
     - ``ema_decay``: also keep an exponential moving average of the weights (Polyak averaging,
       ``ema <- d * ema + (1 - d) * w`` after every step, ``d = min(ema_decay, (1 + step) / (10 + step))``),
       saved in the checkpoint and used by evaluation and rendering (0: off).
@@ -132,6 +141,10 @@ class NerfConfig(Config):
     seed: int = 0
     contraction: bool = False
     appearance_dim: int = 0
+    pose_refine: bool = False
+    pose_lr: float = 1e-3
+    c2f_start: float = 0.1
+    c2f_end: float = 0.5
 
     def __post_init__(self) -> None:
         check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r} (use {'|'.join(SAMPLERS)})")
@@ -140,6 +153,9 @@ class NerfConfig(Config):
         check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (use {'|'.join(SCHEDULES)})")
         check(not self.contraction or self.sampler == "occupancy", "contraction needs the occupancy sampler")
         check(self.appearance_dim >= 0, f"appearance_dim must be >= 0, got {self.appearance_dim}")
+        check(self.pose_lr > 0, f"pose_lr must be > 0, got {self.pose_lr}")
+        check(0 <= self.c2f_start <= 1 and 0 <= self.c2f_end <= 1,
+              f"c2f_start and c2f_end must be in [0, 1], got {self.c2f_start}, {self.c2f_end}")
 
     def optimizer(self, grid: bool) -> OptimizerConfig:
         """Adam from ``lr`` with the ``schedule``: Instant-NGP's betas (0.9, 0.99) and eps 1e-15 for

@@ -18,17 +18,21 @@ Rendering a batch of :class:`~fieldcraft.render.rays.Rays`:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from fieldcraft.data.cameras import Cameras
 from fieldcraft.encodings import coarse_to_fine
+from fieldcraft.encodings.annealing import WindowedEncoding
 from fieldcraft.fields.appearance import AppearanceField
 from fieldcraft.fields.radiance import RadianceField
 from fieldcraft.render.compositing import accumulate, apply_background, weights_from_densities
 from fieldcraft.render.contraction import CONTRACTED_BOX, contract, contracted_march, contraction_scale
 from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
+from fieldcraft.render.pose_refinement import PoseCorrections
 from fieldcraft.render.rays import Rays, make_rays, pixel_centres
 from fieldcraft.render.samplers import interval_points, merge_edges, sample_pdf, stratified_edges
 from fieldcraft.tasks.nerf.config import NerfConfig
@@ -55,7 +59,11 @@ class NerfModel(nn.Module):
     ``contraction`` (unbounded scenes): ``aabb`` is the inner box (buffer ``box``); field and grid
     live in contracted space ``[-2, 2]^3`` (:mod:`fieldcraft.render.contraction`).
     ``appearance_dim > 0``: the field is an :class:`~fieldcraft.fields.appearance.AppearanceField`
-    with a code for each of ``n_images`` training images (``Rays.camera`` while training)."""
+    with a code for each of ``n_images`` training images (``Rays.camera`` while training).
+    ``pose_refine``: ``poses`` (:class:`~fieldcraft.render.pose_refinement.PoseCorrections`, one
+    correction per training image, used by :meth:`rays` with ``refine=True``) and the fields'
+    position encodings wrapped in :class:`~fieldcraft.encodings.annealing.WindowedEncoding`
+    (:meth:`anneal`); else ``poses`` is None."""
 
     def __init__(self, config: NerfConfig, aabb: Float[Tensor, "2 3"], ndc: bool, n_images: int = 0) -> None:
         super().__init__()
@@ -76,6 +84,14 @@ class NerfModel(nn.Module):
         self.step_size = (1.0 if ndc else diag) / config.render_steps
         if self.contracted:  # the occupancy grid's step: a 1024th of the inner box's diagonal (nerfacc-like)
             self.step_size = inner_diag / 1024
+        self.poses = None
+        if config.pose_refine:  # BARF: pose corrections (translations in box diagonals) + coarse-to-fine encodings
+            box = self.aabb
+            self.poses = PoseCorrections(n_images, config.pose_lr / config.lr, float((box[1] - box[0]).norm()))
+            for field in (self.field, self.fine):
+                if field is not None:
+                    field.position_encoding = WindowedEncoding(field.position_encoding, config.c2f_start,
+                                                               config.c2f_end)
 
     @property
     def aabb(self) -> Float[Tensor, "2 3"]:
@@ -97,9 +113,13 @@ class NerfModel(nn.Module):
 
     # --- rays
     def rays(self, cameras: Cameras, cam: Int[Tensor, " m"], u: Float[Tensor, " m"], v: Float[Tensor, " m"],
-             near: float, far: float) -> Rays:
+             near: float, far: float, refine: bool = False) -> Rays:
         """Rays through pixel coordinates ``(u, v)`` of cameras ``cam``, clipped to the model's box and
-        ``[near, far]`` (:func:`~fieldcraft.render.rays.make_rays`) and to the hull (:meth:`clip_rays`)."""
+        ``[near, far]`` (:func:`~fieldcraft.render.rays.make_rays`) and to the hull (:meth:`clip_rays`).
+        ``refine`` (``cameras`` are the training views): their poses corrected by ``poses``
+        (differentiably; a no-op without pose refinement)."""
+        if refine and self.poses is not None:
+            cameras = dataclasses.replace(cameras, c2w=self.poses(cameras.c2w))
         return self.clip_rays(make_rays(cameras, cam, u, v, near, far, None if self.contracted else self.aabb, self.ndc))
 
     def view_rays(self, cameras: Cameras, index: int, near: float, far: float) -> Rays:
@@ -116,6 +136,13 @@ class NerfModel(nn.Module):
             return rays
         step = 0.5 * float((self.hull.aabb[1] - self.hull.aabb[0]).min()) / self.hull.resolution
         return rays.with_range(*occupied_range(self.hull, rays.origins, rays.dirs, rays.t_min, rays.t_max, step))
+
+    def anneal(self, progress: float) -> None:
+        """Open the position encodings' levels / bands for training ``progress`` in ``[0, 1]``
+        (:class:`~fieldcraft.encodings.annealing.WindowedEncoding`; no-op without pose refinement)."""
+        for m in self.modules():
+            if isinstance(m, WindowedEncoding):
+                m.set_progress(progress)
 
     # --- occupancy grid
     def update_grid(self, step: int) -> None:

@@ -8,7 +8,9 @@
   with the papers' 11x11 Gaussian window) of the float renders against the views composited on
   the evaluation background, in ``[0, 1]``.
 - :func:`render_orbit` renders a camera orbit (:func:`orbit_cameras`), or the smoothed captured
-  camera path (:func:`path_cameras`), to a video (:func:`fieldcraft.io.video.write_video`).
+  camera path (:func:`path_cameras`), to a video (:func:`fieldcraft.io.video.write_video`);
+  :func:`render_camera_path` the frames of a camera path file (``fieldcraft view``'s export,
+  :mod:`fieldcraft.io.camera_path`) with the field or a baked octree, to a video or PNGs.
 
 Rendering happens on the requested device; images come to the CPU only to be scored and written.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,10 @@ from fieldcraft.config import Config
 from fieldcraft.data.cameras import Cameras
 from fieldcraft.data.scene import PosedImages, composite, load_posed_images
 from fieldcraft.errors import check, reading
+from fieldcraft.io.camera_path import CameraPath
 from fieldcraft.io.checkpoint import build_loaded, load_checkpoint
 from fieldcraft.metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
-from fieldcraft.render.cameras import orbit, smooth_path
+from fieldcraft.render.cameras import orbit_around, smooth_path
 from fieldcraft.tasks.nerf.config import TASK, NerfConfig
 from fieldcraft.tasks.nerf.model import NerfModel, background_colour
 
@@ -74,10 +78,12 @@ def fitted_views(meta: dict[str, Any], data_path: str | Path | None, split: str,
 
 def evaluate(out_dir: str | Path, split: str = "test", data_path: str | Path | None = None,
              max_images: int | None = None, progress: bool = True, averaged: bool = True,
-             device: str | None = None) -> dict[str, Any]:
+             device: str | None = None, align: bool = False) -> dict[str, Any]:
     """Render and score every view of ``split`` (module docstring); ``max_images``: the first N views.
     ``averaged=False`` evaluates the last step's weights of a run that kept an average, in
-    ``eval/<split>-last/``. Returns the metrics written to ``metrics.json``."""
+    ``eval/<split>-last/``. ``align`` (runs fitted with ``pose_refine``): the views' poses moved by the
+    similarity from the given to the refined training poses (:func:`aligned_cameras`), in
+    ``eval/<split>-aligned/``. Returns the metrics written to ``metrics.json``."""
     from tqdm.auto import tqdm
 
     from fieldcraft.io.images import write_png
@@ -87,9 +93,11 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | Path | N
     model, meta = load_model(out_dir, averaged, device)
     device = model.aabb.device
     data = fitted_views(meta, data_path, split, max_images)
+    if align:
+        data = dataclasses.replace(data, cameras=aligned_cameras(model, meta, data_path, data.cameras, out_dir))
     bg = background_colour(model.config.background)
     last = not averaged and model.config.ema_decay > 0
-    dest = Path(out_dir) / "eval" / (f"{split}-last" if last else split)
+    dest = Path(out_dir) / "eval" / (f"{split}-last" if last else split + ("-aligned" if align else ""))
     views = []
     t0 = time.perf_counter()
     for k in tqdm(range(len(data)), desc=f"eval {split}", disable=not progress):
@@ -103,7 +111,7 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | Path | N
         views.append({"name": str(name), "psnr": psnr(out["rgb"], gt), "ssim": ssim(out["rgb"], gt)})
     seconds = time.perf_counter() - t0
     metrics = {"split": split, "data": str(data.source), "views": len(views), "step": meta["step"],
-               "fit_seconds": meta["seconds"], "preset": model.config.preset,
+               "fit_seconds": meta["seconds"], "preset": model.config.preset, "aligned": align,
                "weights": "average" if averaged and model.config.ema_decay > 0 else "last",
                "psnr": float(np.mean([v["psnr"] for v in views])) if views else math.nan,
                "ssim": float(np.mean([v["ssim"] for v in views])) if views else math.nan,
@@ -112,6 +120,62 @@ def evaluate(out_dir: str | Path, split: str = "test", data_path: str | Path | N
                "directory": str(dest), "per_view": views}
     write_json(dest / "metrics.json", metrics)
     return metrics
+
+
+def refined_poses(model: NerfModel, meta: dict[str, Any], data_path: str | Path | None = None
+                  ) -> tuple[PosedImages, torch.Tensor]:
+    """The training views the run was fitted on (``data_path``: another dataset's training split,
+    e.g. with the true poses) and their poses refined by the run's corrections ``[n, 3, 4]``."""
+    train = fitted_views(meta, data_path, "train")
+    if meta.get("frames") is not None:
+        train = train.subset([int(i) for i in meta["frames"]])
+    n = int(meta.get("n_images", len(train)))
+    check(len(train) >= n, f"{train.source}: {len(train)} training views, the run was fitted on {n}")
+    train = train.subset(list(range(n)))
+    with torch.no_grad():
+        refined = model.poses(train.cameras.c2w.to(model.aabb.device)).cpu()
+    return train, refined
+
+
+def aligned_cameras(model: NerfModel, meta: dict[str, Any], data_path: str | Path | None, cameras: Cameras,
+                    out_dir: str | Path = "") -> Cameras:
+    """``cameras`` moved by the similarity (:func:`fieldcraft.render.pose_refinement.similarity`) that
+    best maps the given training camera centres to the refined ones: held-out poses expressed in the
+    frame the field was fitted in (their own poses are not refined)."""
+    from fieldcraft.render.pose_refinement import similarity, transform_poses
+
+    check(model.poses is not None, f"{out_dir}: --align needs a run fitted with --refine-poses")
+    train, refined = refined_poses(model, meta, data_path)
+    s, rot, t = similarity(train.cameras.c2w[:, :, 3].cpu(), refined[:, :, 3])
+    c2w = transform_poses(cameras.c2w.cpu().double(), s, rot, t).float().to(cameras.c2w.device)
+    return dataclasses.replace(cameras, c2w=c2w)
+
+
+def write_poses(path: str | Path, model: NerfModel, data: PosedImages, step: int) -> Path:
+    """Write ``poses.json`` (strict JSON) of a run fitted with ``pose_refine``: for each training view
+    its file, the refined camera-to-world matrix (``transform_matrix``, 4x4), the given one
+    (``given_matrix``) and the size of the correction (``rotation_degrees``, ``translation``: how far
+    the camera centre moved, world units)."""
+    from fieldcraft.io.records import write_json
+    from fieldcraft.render.pose_refinement import rotation_angle
+
+    given = data.cameras.c2w.detach().cpu()
+    with torch.no_grad():
+        refined = model.poses(given.to(model.aabb.device)).cpu()
+        corr = model.poses.corrections().cpu()[:len(given)]
+    row = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    angles = torch.rad2deg(rotation_angle(given[:, :, :3].transpose(1, 2) @ refined[:, :, :3]))
+    moved = (refined[:, :, 3] - given[:, :, 3]).norm(dim=-1)
+    frames = [{"file_path": str(name), "transform_matrix": torch.cat([refined[k], row]).tolist(),
+               "given_matrix": torch.cat([given[k], row]).tolist(), "rotation_degrees": float(angles[k]),
+               "translation": float(moved[k]), "correction": corr[k].tolist()}
+              for k, name in enumerate(data.names)]
+    record = {"convention": "camera-to-world matrices, OpenGL camera axes (x right, y up, looking down -z), in the "
+                            "world frame and units the run was fitted in; correction = (axis-angle rotation in "
+                            "radians, translation in world units) in the camera's frame: R' = R exp(w), "
+                            "centre' = centre + R v",
+              "data": str(data.source), "step": int(step), "frames": frames}
+    return write_json(path, record)
 
 
 def orbit_cameras(data: PosedImages, frames: int) -> Cameras:
@@ -126,16 +190,7 @@ def orbit_cameras(data: PosedImages, frames: int) -> Cameras:
         poses = torch.eye(4)[:3].repeat(frames, 1, 1)
         poses[:, 0, 3], poses[:, 1, 3] = radius[0] * torch.cos(angles), radius[1] * torch.sin(angles)
     else:
-        up = c2w[:, :, 1].mean(0)
-        up = up / up.norm()
-        centres = c2w[:, :, 3]
-        dist = centres.norm(dim=-1).mean()
-        height = (centres @ up).mean()
-        start = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0]))
-        if start.norm() < 1e-3:
-            start = torch.linalg.cross(up, torch.tensor([0.0, 1.0, 0.0]))
-        ring = torch.sqrt(torch.clamp(dist**2 - height**2, min=1e-6))
-        poses = orbit(frames, float(ring), float(height), up, start / start.norm())[:, :3]
+        poses = orbit_around(c2w, frames)
     cams = data.cameras
     first = lambda t: t[:1].cpu().expand(frames).clone()
     return Cameras(poses, first(cams.fx), first(cams.fy), first(cams.cx), first(cams.cy), cams.width, cams.height)
@@ -171,3 +226,66 @@ def path_cameras(data: PosedImages, frames: int, sigma: float = 2.0) -> Cameras:
     first = lambda t: t[:1].cpu().expand(frames).clone()
     poses = smooth_path(cams.c2w.cpu(), frames, sigma)
     return Cameras(poses, first(cams.fx), first(cams.fy), first(cams.cx), first(cams.cy), cams.width, cams.height)
+
+
+def camera_path_cameras(path: CameraPath) -> Cameras:
+    """The frames of a camera path file (:func:`fieldcraft.io.camera_path.read_camera_path`) as
+    :class:`~fieldcraft.data.cameras.Cameras`: square pixels, principal point at the image centre."""
+    fx, fy, cx, cy = (torch.tensor([path.intrinsics(k)[i] for k in range(len(path))], dtype=torch.float32)
+                      for i in range(4))
+    c2w = torch.as_tensor(path.c2w[:, :3, :], dtype=torch.float32)
+    return Cameras(c2w, fx, fy, cx, cy, path.width, path.height)
+
+
+def render_camera_path(out_dir: str | Path, camera_path: str | Path | CameraPath, dest: str | Path,
+                       octree: str | Path | None = None, data_path: str | Path | None = None, progress: bool = True,
+                       device: str | None = None) -> list[Path]:
+    """Render every frame of a camera path file (``fieldcraft view``'s export, nerfstudio's layout,
+    :mod:`fieldcraft.io.camera_path`) with the fitted field of ``out_dir`` or, given ``octree``, with
+    that baked grid (which needs only the run's checkpoint header). ``dest``: a video (``.mp4`` / ``.gif``,
+    at the file's ``fps``) or ``.png`` frames (``dest`` itself for a one-frame path, else
+    ``<stem>_0000.png``, ...). Returns the files written."""
+    from tqdm.auto import tqdm
+
+    from fieldcraft.io.camera_path import read_camera_path
+    from fieldcraft.io.images import write_png
+    from fieldcraft.io.video import write_video
+
+    path = camera_path if isinstance(camera_path, CameraPath) else read_camera_path(camera_path)
+    images = list(tqdm(camera_path_frames(out_dir, path, octree, data_path, device), total=len(path),
+                       desc="render camera path", disable=not progress))
+    dest = Path(dest)
+    if dest.suffix.lower() != ".png":
+        return [write_video(dest, images, max(1, round(path.fps)))]
+    if len(images) == 1:
+        return [write_png(dest, images[0])]
+    return [write_png(dest.with_name(f"{dest.stem}_{k:04d}.png"), image) for k, image in enumerate(images)]
+
+
+def camera_path_frames(out_dir: str | Path, path: CameraPath, octree: str | Path | None = None,
+                       data_path: str | Path | None = None, device: str | None = None) -> Iterator[np.ndarray]:
+    """The pictures ``[H, W, 3]`` (float32 in ``[0, 1]``) of ``path``'s frames, one at a time, rendered
+    as :func:`render_camera_path` does (the field's near and far bounds are the fitted dataset's)."""
+    if octree is not None:
+        from fieldcraft.io.octree_file import load_octree
+        from fieldcraft.render.octree import OctreeRenderer
+        from fieldcraft.tasks.nerf.baked import run_header
+
+        run_header(out_dir)  # a NeRF run, as for every render nerf (only its header is read)
+        renderer = OctreeRenderer(load_octree(octree), device)
+        for k in range(len(path)):
+            out = renderer.render_camera(path.c2w[k, :3], *path.intrinsics(k), path.height, path.width)
+            yield np.clip(out["rgb"], 0.0, 1.0)
+        return
+    model, meta = load_model(out_dir, device=device)
+    data = fitted_views(meta, data_path, "train")
+    yield from field_frames(model, camera_path_cameras(path), data.near, data.far)
+
+
+def field_frames(model: NerfModel, cams: Cameras, near: float, far: float) -> Iterator[np.ndarray]:
+    """The field's pictures ``[H, W, 3]`` (float32 in ``[0, 1]``, over its background) of every camera of ``cams``."""
+    bg = background_colour(model.config.background, model.aabb.device)[None]
+    with torch.no_grad():
+        for k in range(len(cams.c2w)):
+            rays = model.view_rays(cams, k, near, far)
+            yield model.render_image(rays, bg, cams.height, cams.width)["rgb"].float().cpu().numpy()

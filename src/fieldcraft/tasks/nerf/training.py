@@ -10,6 +10,10 @@ random pixels of all views, or every pixel of one random view for ``full_image``
 background (one colour, or a random one per ray), render and backpropagate the batch in
 micro-batches (their gradients add up to the whole batch's), then after the optimiser step
 update the running average of the weights and adapt ``n_rays`` to ``target_samples``.
+With camera refinement (``pose_refine``) a step first sets the encodings' coarse-to-fine window
+from the budget's progress (``NerfModel.anneal``), the batch's rays come from the corrected
+training poses, and :func:`fit` writes ``poses.json`` at the end
+(:func:`~fieldcraft.tasks.nerf.outputs.write_poses`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +32,13 @@ from torch import Tensor
 from fieldcraft.data.bounds import silhouette_aabb, visual_hull
 from fieldcraft.data.scene import PosedImages, composite, forward_facing, load_posed_images
 from fieldcraft.encodings import GridEncoding
+from fieldcraft.errors import FieldcraftError
 from fieldcraft.metrics import psnr_from_mse
 from fieldcraft.render.contraction import inner_box
 from fieldcraft.render.rays import PixelRays, PixelTable, Rays
 from fieldcraft.tasks.nerf.config import TASK, NerfConfig, nerf_config
 from fieldcraft.tasks.nerf.model import NerfModel, background_colour
+from fieldcraft.tasks.nerf.outputs import write_poses
 from fieldcraft.train import Budget, Objective, Run, distributed
 from fieldcraft.train.distributed import Shard, shard
 
@@ -59,11 +65,12 @@ def training_rays(model: NerfModel, data: PosedImages) -> tuple[PixelRays, Pixel
     """The ray (clipped to the model's box and hull) and the pixel (RGB or straight RGBA) of every
     pixel of every view, view-major, on the model's device: rays made per batch when indexed
     (:class:`~fieldcraft.render.rays.PixelRays`), pixels kept as stored (``uint8``) and given as
-    float32 (:class:`~fieldcraft.render.rays.PixelTable`)."""
+    float32 (:class:`~fieldcraft.render.rays.PixelTable`). With pose refinement the rays come from
+    the corrected poses and carry their graph (``NerfModel.rays(..., refine=True)``)."""
     n, h, w = len(data), data.height, data.width
     device = model.aabb.device
     cams = data.cameras.to(device)
-    rays = PixelRays(lambda cam, u, v: model.rays(cams, cam, u, v, data.near, data.far), n, h, w, device)
+    rays = PixelRays(lambda cam, u, v: model.rays(cams, cam, u, v, data.near, data.far, refine=True), n, h, w, device)
     return rays, PixelTable(data.images.to(device).reshape(n * h * w, -1))
 
 
@@ -84,6 +91,7 @@ class PhotometricLoss(Objective):
         self.rays_seen = 0
         self.ema = ({n: p.detach().clone() for n, p in model.named_parameters()} if config.ema_decay > 0 else None)
         self._last = (0, 0)  # (rays, samples) of the last batch
+        self.progress: Callable[[int], float] | None = None  # step -> fraction of the budget (set by fit)
 
     def batch(self) -> tuple[Rays, Float[Tensor, "m c"]]:
         """Rays and pixels of the next batch (drawn with the ``batches`` generator)."""
@@ -104,6 +112,9 @@ class PhotometricLoss(Objective):
 
     def loss(self, model: NerfModel, step: int) -> tuple[None, dict[str, float]]:
         c = self.config
+        refining = model.poses is not None
+        if refining and self.progress is not None:  # BARF: open the encoding's levels with the budget
+            model.anneal(self.progress(step))
         model.update_grid(step)
         rays, pix = self.batch()
         bg = self.background(len(rays))
@@ -128,7 +139,7 @@ class PhotometricLoss(Objective):
                 # Sums over the piece divided by the whole batch's size: the pieces' losses add up to the batch mean.
                 err = torch.sum((out["rgb"] - target[sl]) ** 2) / (m * 3)
                 loss = err + (torch.sum((out["rgb_coarse"] - target[sl]) ** 2) / (m * 3) if "rgb_coarse" in out else 0.0)
-                loss.backward()
+                loss.backward(retain_graph=refining)  # the pieces share the rays' graph (pose corrections)
                 mse += float(err.detach())
                 loss_sum += float(loss.detach())
                 samples += int(out["samples"])
@@ -201,7 +212,8 @@ def has_grid(model: torch.nn.Module) -> bool:
 def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budget: Budget | None = None, *,
         resume: bool = False, progress: bool = True, device: str | None = None, given: tuple[str, ...] = (),
         overwrite: bool = False, max_images: int | None = None, checkpoint_seconds: float = 60.0,
-        downscale: int | None = None, skip_missing: bool = False) -> dict[str, Any]:
+        downscale: int | None = None, skip_missing: bool = False,
+        frames: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Fit a radiance field to ``data_path``'s training split; checkpoint (prefix ``model``) and
     ``history.jsonl`` in ``out``. Returns a summary (``stopped`` names the signal that ended the run
     early, if one did).
@@ -211,7 +223,9 @@ def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budge
     settings are kept and the differing given ones reported). ``max_images``: only the first N views.
     ``downscale``, ``skip_missing``: :func:`~fieldcraft.data.scene.load_posed_images` (stored in the
     checkpoint, which evaluation and rendering read the same way; None: 1, or the stored factor
-    when resuming)."""
+    when resuming). ``frames``: fit only these views of the training split (indices after
+    ``max_images``; stored in the checkpoint as ``frames``, kept when resuming; a block of
+    :mod:`~fieldcraft.tasks.nerf.blocks`); None: every view."""
     from fieldcraft.runtime import default_device
 
     if config is None:
@@ -223,6 +237,13 @@ def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budge
         downscale = int(run.meta.get("downscale", 1)) if run.resumed else 1
     data = load_posed_images(data_path, "train", max_images=max_images, downscale=downscale,
                              skip_missing=skip_missing)
+    if run.resumed and run.meta.get("frames") is not None:
+        frames = tuple(run.meta["frames"])
+    if frames is not None:
+        bad = [i for i in frames if not 0 <= i < len(data)]
+        if bad or not frames:
+            raise FieldcraftError(f"{data.source}: frames {bad[:3] or '[]'} not among the {len(data)} training views")
+        data = data.subset(list(frames))
     if run.resumed:  # the box and hull the run was fitted in (the training rays are clipped to them)
         aabb, hull = torch.tensor(run.meta["aabb"], dtype=data.aabb.dtype), run.tensors.get("model.hull.binary")
     else:
@@ -236,11 +257,14 @@ def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budge
     objective = PhotometricLoss(config, rays, pixels, data.height * data.width, model)
     meta = {"data": str(Path(data_path).resolve()), "ndc": data.ndc, "aabb": aabb.tolist(), "near": data.near,
             "far": data.far, "downscale": downscale, "skip_missing": skip_missing,
-            "n_images": len(data)}
+            "n_images": len(data), **({"frames": list(frames)} if frames is not None else {})}
     trainer = run.trainer(model, objective, config.optimizer(has_grid(model)), meta=meta, prefix="model",
                           checkpoint_seconds=checkpoint_seconds, log_every=10,
                           description=f"fit nerf [{config.preset}]", progress=progress)
+    objective.progress = lambda step: trainer.budget.progress(step, trainer.seconds)
     outcome = trainer.run()
+    if model.poses is not None and distributed.is_main():
+        write_poses(run.out / "poses.json", model, data, outcome.step)
     history = outcome.history
     return {"steps": outcome.step, "fit_seconds": outcome.seconds, "preset": config.preset, "out": str(run.out),
             "rays_per_second": objective.rays_seen / outcome.seconds if outcome.seconds > 0 else None,
