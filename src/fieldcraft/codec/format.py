@@ -4,7 +4,7 @@
 
     offset  size  field
     0       4     magic  89 46 43 5A  ("\\x89FCZ")
-    4       1     format version (1)
+    4       1     format version (2; version 1 files, which never set the bicubic flag, are read too)
     5       1     preset id: 0 = latent (Cool-chic-like), 1 = coin
     6       4     height (uint32, little endian)
     10      4     width (uint32)
@@ -27,7 +27,8 @@ import zlib
 from fieldcraft.errors import FieldcraftError
 
 MAGIC = b"\x89FCZ"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 2 added the latent preset's bicubic-upsampling flag
 PRESET_IDS = {"latent": 0, "coin": 1}
 PRESET_NAMES = {v: k for k, v in PRESET_IDS.items()}
 MAX_SIDE = 1 << 15
@@ -60,9 +61,9 @@ def unpack(data: bytes, label: str) -> tuple[Header, bytes]:
     if len(data) < _HEAD.size + 4:
         raise FieldcraftError(f"{label}: truncated file ({len(data)} bytes)")
     _, version, preset, height, width, channels, depth = _HEAD.unpack_from(data)
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise FieldcraftError(f"{label}: format version {version} is not supported (this fieldcraft reads "
-                              f"version {VERSION})")
+                              f"versions {', '.join(map(str, READABLE_VERSIONS))})")
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) != crc:
         raise FieldcraftError(f"{label}: checksum mismatch: the file is truncated or corrupt")

@@ -49,11 +49,45 @@ def up_weights(n_out: int, n_in: int, factor: int) -> tuple[np.ndarray, np.ndarr
     return i0, i1, t
 
 
-def upsample(grid: np.ndarray, height: int, width: int, factor: int) -> np.ndarray:
-    """``[h, w]`` -> ``[height, width]`` float64 (see module docstring); exact for integer grids."""
+CUBIC_A = -0.75  # PyTorch's bicubic kernel parameter
+
+
+def cubic_weights(n_out: int, n_in: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bicubic upsampling by ``factor`` along one axis (PyTorch's ``interpolate(mode="bicubic",
+    align_corners=False)``: source position ``(j + 1/2) / factor - 1/2``, Keys kernel with ``a = -3/4``,
+    indices clamped to the grid): ``[n_out, 4]`` source indices and weights. The weights are exact
+    dyadic rationals (multiples of ``2^-(3 log2(factor) + 5)``).
+
+    >>> idx, w = cubic_weights(4, 2, 2)
+    >>> idx.tolist(), w[1].tolist()
+    ([[0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]], [-0.10546875, 0.87890625, 0.26171875, -0.03515625])
+    """
+    num = 2 * np.arange(n_out, dtype=np.int64) + 1 - factor   # source position = num / (2 factor)
+    den = 2 * factor
+    i0 = np.floor_divide(num, den)
+    t = (num - i0 * den) / den                                  # exact: a multiple of 1 / (2 factor)
+    a = CUBIC_A
+    s = 1.0 - t
+    w = np.stack([((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+                  ((a + 2) * t - (a + 3)) * t * t + 1,
+                  ((a + 2) * s - (a + 3)) * s * s + 1,
+                  ((a * (s + 1) - 5 * a) * (s + 1) + 8 * a) * (s + 1) - 4 * a], axis=1)
+    idx = np.clip(i0[:, None] + np.arange(-1, 3)[None, :], 0, n_in - 1)
+    return idx, w
+
+
+def upsample(grid: np.ndarray, height: int, width: int, factor: int, cubic: bool = False) -> np.ndarray:
+    """``[h, w]`` -> ``[height, width]`` float64 (see module docstring); exact for integer grids.
+    ``cubic``: bicubic (:func:`cubic_weights`), each axis's result rounded to a multiple of
+    ``2^-FIXED_BITS`` (exact and deterministic, as the rest of the synthesis)."""
     g = np.asarray(grid, np.float64)
     if factor == 1:
         return g[:height, :width].copy()
+    if cubic:
+        ri, rw = cubic_weights(height, g.shape[0], factor)
+        rows = fixed(sum(g[ri[:, k]] * rw[:, k, None] for k in range(4)))
+        ci, cw = cubic_weights(width, g.shape[1], factor)
+        return fixed(sum(rows[:, ci[:, k]] * cw[None, :, k] for k in range(4)))
     r0, r1, rt = up_weights(height, g.shape[0], factor)
     rows = g[r0] * (1.0 - rt)[:, None] + g[r1] * rt[:, None]
     c0, c1, ct = up_weights(width, g.shape[1], factor)
@@ -73,15 +107,17 @@ CHUNK_PIXELS = 1 << 14  # the MLP runs on this many pixels at a time (cache-size
 
 
 def synthesize(latents: list[np.ndarray], layers: list[tuple[np.ndarray, np.ndarray]],
-               refine: tuple[np.ndarray, np.ndarray] | None, height: int, width: int) -> np.ndarray:
-    """The decoded image ``[H, W, C]`` (float64, not clipped) from integer latents and dyadic weights.
+               refine: tuple[np.ndarray, np.ndarray] | None, height: int, width: int,
+               cubic: bool = False) -> np.ndarray:
+    """The decoded image ``[H, W, C]`` (float64, not clipped) from integer latents and dyadic weights
+    (``cubic``: bicubic upsampling of the latents, else bilinear).
 
     ``layers``: ``(weight [out, in], bias [out])`` of the 1x1 layers (ReLU between them);
     ``refine``: ``(weight [C, C, 3, 3], bias [C])`` of the residual 3x3 convolution (zero padding) or None.
     """
     feats = np.empty((height, width, len(latents)))
     for i, g in enumerate(latents):
-        feats[:, :, i] = upsample(g, height, width, 2**i)
+        feats[:, :, i] = upsample(g, height, width, 2**i, cubic)
     flat = feats.reshape(-1, len(latents))
     out = np.empty((flat.shape[0], layers[-1][0].shape[0]))
     transposed = [(np.ascontiguousarray(w.T), b) for w, b in layers]
@@ -128,12 +164,18 @@ def conv3x3(img: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray
 
 
 def exactness_margin(latents: list[np.ndarray], layers: list[tuple[np.ndarray, np.ndarray]],
-                     refine: tuple[np.ndarray, np.ndarray] | None, height: int, width: int) -> bool:
+                     refine: tuple[np.ndarray, np.ndarray] | None, height: int, width: int,
+                     cubic: bool = False) -> bool:
     """Whether every product and partial sum of :func:`synthesize` stays exactly representable:
     magnitudes (in units of the finest dyadic step of each layer) below ``2^52``."""
     levels = len(latents)
     amax = max((float(np.abs(g).max()) if g.size else 0.0) for g in latents)
     frac_bits = 2 * levels  # upsampling weights: multiples of 2^-(i+1) per axis
+    if cubic:  # sum |w| <= 1.375 per axis; weights multiples of 2^-(3 levels + 2); rows rounded to 2^-16
+        amax *= 1.5**2
+        if amax * 2.0 ** (FIXED_BITS + 3 * levels + 2) >= EXACT_LIMIT:
+            return False
+        frac_bits = FIXED_BITS
     bound = amax
     for w, b in layers:
         wbits = _frac_bits(w, b)

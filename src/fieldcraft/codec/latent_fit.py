@@ -5,9 +5,10 @@ then quantise everything and range-code it (:mod:`fieldcraft.codec.latent_stream
 Training (``LatentFit``): the loss is ``MSE + lambda * bpp`` where ``bpp`` is the latents' ideal
 cost under the Laplace context model (:mod:`fieldcraft.codec.latent_stream`, continuous features)
 divided by the pixel count. Latents are perturbed with uniform noise in ``[-1/2, 1/2]`` for the
-first ``noise_until`` of the budget, then rounded with a straight-through gradient. With a target
-rate, ``lambda`` follows the rate of the rounded latents (measured every few steps): after each
-step ``lambda *= exp(rate_gain * clip(log(bpp / (1.02 target)), -0.3, 0.3) * budget fraction spent)``.
+first ``noise_until`` of the budget (by default all of it), then rounded with a straight-through
+gradient. With a target rate, ``lambda`` follows the rate of the rounded latents (measured every few
+steps): after each step
+``lambda *= exp(rate_gain * clip(log(bpp / ((1 + rate_margin) target)), -0.3, 0.3) * budget fraction spent)``.
 
 Then: synthesis weights become ``int * 2^-e`` (one global precision, chosen among a few by
 ``distortion + lambda * rate`` with the exact decoder), the context coefficients integers (tuned
@@ -45,12 +46,18 @@ class LatentCodecConfig(Config):
     - ``levels``: latent grids at ``H / 2^i x W / 2^i``, ``i < levels`` (one channel each).
     - ``hidden_width``, ``hidden_layers``: the 1x1 synthesis MLP (ReLU).
     - ``refine``: a residual 3x3 convolution after the MLP.
+    - ``cubic``: bicubic upsampling of the latents (else bilinear).
     - ``max_symbol``: latents are integers in ``-max_symbol..max_symbol``.
     - ``lr``: Adam learning rate (cosine decay to ``final_lr_factor``).
     - ``latent_gain``: latents are ``latent_gain * theta`` with ``theta`` the trained parameter (Adam's
       steps on the latents are ``latent_gain`` times larger than on the network).
-    - ``noise_until``: budget fraction trained with additive uniform noise (then straight-through rounding).
+    - ``noise_until``: budget fraction trained with additive uniform noise (then straight-through rounding;
+      the default, the whole budget, measured better than any straight-through phase).
     - ``rate_gain``: gain of the log-lambda controller per unit of budget (with a target rate).
+    - ``rate_margin``: the controller aims this fraction above the target (the final dead zone trims the excess).
+    - ``soft_rounding``: the noise phase uses C3's proxy (Kim et al. 2023): soft rounding at a temperature
+      annealed from ``temperature[0]`` to ``temperature[1]``, Kumaraswamy noise whose shape ``a`` goes from
+      ``kumaraswamy[0]`` (1: uniform) to ``kumaraswamy[1]`` (mode 1/2), then soft rounding again for the synthesis.
     - ``seed``: initialisation of the synthesis network.
     """
 
@@ -59,12 +66,17 @@ class LatentCodecConfig(Config):
     hidden_width: int = 16
     hidden_layers: int = 2
     refine: bool = False
+    cubic: bool = False
     max_symbol: int = 63
-    lr: float = 2e-2
+    lr: float = 3e-2
     final_lr_factor: float = 0.05
-    noise_until: float = 0.75
+    noise_until: float = 1.0
     latent_gain: float = 4.0
     rate_gain: float = 25.0
+    rate_margin: float = 0.05
+    soft_rounding: bool = False
+    temperature: tuple[float, float] = (0.3, 0.1)
+    kumaraswamy: tuple[float, float] = (1.0, 2.0)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,7 +86,7 @@ class LatentCodecConfig(Config):
 
     def architecture(self, channels: int) -> Architecture:
         return Architecture(self.levels, self.hidden_width, self.hidden_layers, self.refine, self.max_symbol,
-                            channels)
+                            channels, self.cubic)
 
 
 def initial_lambda(bpp: float) -> float:
@@ -111,8 +123,9 @@ class LatentCodecModel(nn.Module):
             self.register_buffer(f"_anchor{i}", torch.from_numpy(grids.anchor_mask(h, w))[None, None],
                                  persistent=False)
             if i >= MATRIX_UPSAMPLING_FROM and max(height * h, width * w) <= MATRIX_UPSAMPLING_ENTRIES:
-                self.register_buffer(f"_rows{i}", interpolation_matrix(height, h, 2**i), persistent=False)
-                self.register_buffer(f"_cols{i}", interpolation_matrix(width, w, 2**i).T.contiguous(),
+                self.register_buffer(f"_rows{i}", interpolation_matrix(height, h, 2**i, config.cubic),
+                                     persistent=False)
+                self.register_buffer(f"_cols{i}", interpolation_matrix(width, w, 2**i, config.cubic).T.contiguous(),
                                      persistent=False)
 
     @property
@@ -120,18 +133,34 @@ class LatentCodecModel(nn.Module):
         """Context coefficients ``[levels, 5]`` in table units (``CONTEXT_GAIN`` times the trained parameter)."""
         return CONTEXT_GAIN * self.context_theta
 
-    def quantized(self, mode: str) -> list[Tensor]:
-        """The latents as the decoder sees them: ``noise`` (training proxy) or ``round`` (straight-through)."""
-        m = float(self.config.max_symbol)
-        out = []
+    def quantized(self, mode: str, phase: float = 0.0) -> list[Tensor]:
+        """The latents as the decoder sees them: ``noise`` (training proxy) or ``round`` (straight-through).
+        With ``soft_rounding``, ``noise`` returns the synthesis's inputs; :meth:`proxies` gives both."""
+        return self.proxies(mode, phase)[0]
+
+    def proxies(self, mode: str, phase: float = 0.0) -> tuple[list[Tensor], list[Tensor]]:
+        """``(synthesis inputs, rate inputs)``: the same list except for ``soft_rounding`` in the noise
+        phase (``phase`` in ``[0, 1]``: position within the noise phase, for the annealing)."""
+        cfg = self.config
+        m = float(cfg.max_symbol)
+        syn, rate = [], []
         for theta in self.latents:
-            y = self.config.latent_gain * theta
-            if mode == "noise":
-                q = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y = cfg.latent_gain * theta
+            if mode == "round":
+                q = (y + (torch.round(y) - y).detach()).clamp(-m, m)
+                syn.append(q)
+                rate.append(q)
+            elif not cfg.soft_rounding:
+                q = (y + torch.empty_like(y).uniform_(-0.5, 0.5)).clamp(-m, m)
+                syn.append(q)
+                rate.append(q)
             else:
-                q = y + (torch.round(y) - y).detach()
-            out.append(q.clamp(-m, m))
-        return out
+                t = cfg.temperature[0] + (cfg.temperature[1] - cfg.temperature[0]) * phase
+                a = cfg.kumaraswamy[0] + (cfg.kumaraswamy[1] - cfg.kumaraswamy[0]) * phase
+                r = soft_round(y, t) + kumaraswamy_noise(y, a)
+                rate.append(r.clamp(-m, m))
+                syn.append(soft_round(r, t).clamp(-m, m))
+        return syn, rate
 
     def synthesize(self, latents: list[Tensor]) -> Tensor:
         """``[H, W, C]`` image from (quantised) latents."""
@@ -150,7 +179,8 @@ class LatentCodecModel(nn.Module):
         if i == 0:
             return y[0, 0, :H, :W]
         if not hasattr(self, f"_rows{i}"):
-            return F.interpolate(y, scale_factor=2**i, mode="bilinear", align_corners=False)[0, 0, :H, :W]
+            mode = "bicubic" if self.config.cubic else "bilinear"
+            return F.interpolate(y, scale_factor=2**i, mode=mode, align_corners=False)[0, 0, :H, :W]
         return torch.linalg.multi_dot([getattr(self, f"_rows{i}"), y[0, 0], getattr(self, f"_cols{i}")])
 
     def rate_bits(self, latents: list[Tensor]) -> Tensor:
@@ -189,18 +219,44 @@ class LatentCodecModel(nn.Module):
         return float(best.sum())
 
 
-def interpolation_matrix(n_out: int, n_in: int, factor: int) -> Tensor:
-    """``Float[Tensor, "n_out n_in"]``: bilinear upsampling along one axis as a matrix
-    (:func:`fieldcraft.codec.grids.up_weights`).
+def soft_round(y: Tensor, temperature: float) -> Tensor:
+    """C3's soft rounding (Agustsson & Theis 2020): ``floor(y) + 1/2 + tanh(r / T) / (2 tanh(1 / (2 T)))``,
+    ``r = y - floor(y) - 1/2``; rounding as ``T -> 0``, the identity as ``T -> inf``.
+
+    >>> soft_round(torch.tensor([0.0, 0.2, 0.5, 1.7]), 0.01).tolist()
+    [0.0, 0.0, 0.5, 2.0]
+    """
+    base = torch.floor(y).detach() + 0.5
+    return base + torch.tanh((y - base) / temperature) / (2.0 * math.tanh(0.5 / temperature))
+
+
+def kumaraswamy_noise(like: Tensor, a: float) -> Tensor:
+    """Noise in ``[-1/2, 1/2]`` shaped like ``like``: a Kumaraswamy ``(a, b)`` sample minus 1/2, ``b`` chosen
+    so that the mode is 1/2 (``a = 1``: uniform; larger ``a`` concentrates it around 0)."""
+    b = ((a - 1.0) * 2.0**a + 1.0) / a
+    u = torch.empty_like(like).uniform_(1e-6, 1.0 - 1e-6)
+    return (1.0 - (1.0 - u) ** (1.0 / b)) ** (1.0 / a) - 0.5
+
+
+def interpolation_matrix(n_out: int, n_in: int, factor: int, cubic: bool = False) -> Tensor:
+    """``Float[Tensor, "n_out n_in"]``: bilinear (or bicubic) upsampling along one axis as a matrix
+    (:func:`fieldcraft.codec.grids.up_weights`, :func:`fieldcraft.codec.grids.cubic_weights`).
 
     >>> interpolation_matrix(4, 2, 2).tolist()
     [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
+    >>> interpolation_matrix(4, 2, 2, cubic=True).sum(1).tolist()
+    [1.0, 1.0, 1.0, 1.0]
     """
-    i0, i1, t = grids.up_weights(n_out, n_in, factor)
     m = np.zeros((n_out, n_in), np.float64)
     rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), 1.0 - t)
-    np.add.at(m, (rows, i1), t)
+    if cubic:
+        idx, w = grids.cubic_weights(n_out, n_in, factor)
+        for k in range(4):
+            np.add.at(m, (rows, idx[:, k]), w[:, k])
+    else:
+        i0, i1, t = grids.up_weights(n_out, n_in, factor)
+        np.add.at(m, (rows, i0), 1.0 - t)
+        np.add.at(m, (rows, i1), t)
     return torch.from_numpy(m.astype(np.float32))
 
 
@@ -222,7 +278,6 @@ def cross4(a: Tensor) -> Tensor:
 CALIBRATION_SHIFTS = (0.0, -2.0, -4.0, -6.0, -8.0, -12.0, -16.0, 2.0, 4.0, 8.0)
 
 
-RATE_MARGIN = 0.02  # training aims this much above the target; the final dead zone trims the excess
 MEASURE_EVERY = 16  # steps between measurements of the rounded latents' rate (and offset calibrations)
 
 
@@ -230,9 +285,10 @@ class LatentFit(Objective):
     """``MSE + lambda * bpp`` of one image; ``lambda`` adapted to ``target_bpp`` when given."""
 
     def __init__(self, target: Tensor, lam: float, target_bpp: float | None, overhead_bits: float,
-                 noise_until: float, rate_gain: float) -> None:
+                 noise_until: float, rate_gain: float, rate_margin: float = 0.02) -> None:
         self.target, self.lam, self.target_bpp = target, lam, target_bpp
         self.overhead_bits, self.noise_until, self.rate_gain = overhead_bits, noise_until, rate_gain
+        self.rate_margin = rate_margin
         self.pixels = target.shape[0] * target.shape[1]
         self.progress: Callable[[], float] = lambda: 0.0
         self.bpp = float("nan")
@@ -248,9 +304,9 @@ class LatentFit(Objective):
             self._calibrated = True
         elif step % MEASURE_EVERY == 0:  # the controller follows the rate of the rounded latents
             self.bpp = (model.calibrated_bits() + self.overhead_bits) / self.pixels
-        q = model.quantized(mode)
-        mse = torch.mean((model.synthesize(q) - self.target) ** 2)
-        bits = model.rate_bits(q)
+        syn, rate = model.proxies(mode, min(self.progress() / self.noise_until, 1.0) if self.noise_until else 1.0)
+        mse = torch.mean((model.synthesize(syn) - self.target) ** 2)
+        bits = model.rate_bits(rate)
         return mse + self.lam * bits / self.pixels, {
             "psnr": psnr_from_mse(float(mse.detach())), "bpp": self.bpp, "lambda": self.lam}
 
@@ -258,7 +314,7 @@ class LatentFit(Objective):
         progress = self.progress()
         spent, self._last_progress = progress - self._last_progress, progress
         if self.target_bpp is not None and math.isfinite(self.bpp) and self.bpp > 0:
-            err = min(max(math.log(self.bpp / (self.target_bpp * (1 + RATE_MARGIN))), -0.3), 0.3)
+            err = min(max(math.log(self.bpp / (self.target_bpp * (1 + self.rate_margin))), -0.3), 0.3)
             self.lam *= math.exp(self.rate_gain * err * spent)
 
 
@@ -283,7 +339,8 @@ def fit_latent(pixels: np.ndarray, config: LatentCodecConfig, budget: Budget, *,
     n_weights = sum(int(np.prod(s)) for s in arch.tensor_shapes())
     overhead = 8.0 * (32 + 10 * config.levels) + 8.5 * n_weights  # header and synthesis weights, bits
     lam0 = lam if lam is not None else initial_lambda(bpp)
-    objective = LatentFit(target, lam0, bpp if lam is None else None, overhead, config.noise_until, config.rate_gain)
+    objective = LatentFit(target, lam0, bpp if lam is None else None, overhead, config.noise_until, config.rate_gain,
+                          config.rate_margin)
     optimizer = OptimizerConfig(lr=config.lr, schedule=ScheduleConfig(kind="cosine",
                                                                       final_factor=config.final_lr_factor))
     trainer = Trainer(model, objective, optimizer, budget, description="compress", progress=progress)

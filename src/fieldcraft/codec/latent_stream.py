@@ -3,7 +3,8 @@ coefficients and the range-coded latents (torch-free: the decoder imports numpy 
 
 Body layout (after the common header of :mod:`fieldcraft.codec.format`)::
 
-    uint8  levels L, hidden width, hidden layers, flags (bit 0: residual 3x3 layer), max symbol M
+    uint8  levels L, hidden width, hidden layers, flags (bit 0: residual 3x3 layer; bit 1: bicubic
+           upsampling, else bilinear), max symbol M
     per synthesis tensor (1x1 layers' weight, bias in order, then the 3x3 layer's weight, bias):
         uint8 exponent e (values are int * 2^-e), uint8 table index of its integers
     int16  5 context coefficients per level, finest level first: (a0, a1) anchors, (b0, b1, b2) others
@@ -36,7 +37,8 @@ CONTEXT_TERMS = 5
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """The decoder's shape: ``levels`` latent grids, a 1x1 MLP ``levels -> hidden_width x
-    hidden_layers -> channels`` (ReLU) and, with ``refine``, a residual 3x3 layer ``channels -> channels``."""
+    hidden_layers -> channels`` (ReLU) and, with ``refine``, a residual 3x3 layer ``channels -> channels``;
+    ``cubic``: the latents are upsampled bicubically (else bilinearly)."""
 
     levels: int
     hidden_width: int
@@ -44,6 +46,7 @@ class Architecture:
     refine: bool
     max_symbol: int
     channels: int
+    cubic: bool = False
 
     def tensor_shapes(self) -> list[tuple[int, ...]]:
         widths = [self.levels] + [self.hidden_width] * self.hidden_layers + [self.channels]
@@ -75,7 +78,7 @@ class LatentStream:
         n = 2 * (self.arch.hidden_layers + 1)
         layers = [(ws[i], ws[i + 1]) for i in range(0, n, 2)]
         refine = (ws[n], ws[n + 1]) if self.arch.refine else None
-        return self.latents, layers, refine, self.height, self.width
+        return self.latents, layers, refine, self.height, self.width, self.arch.cubic
 
     def image(self) -> np.ndarray:
         """Decoded samples ``[H, W, C]`` as ``uint8`` (exact synthesis, clipped, rounded)."""
@@ -160,7 +163,8 @@ def encode_body(stream: LatentStream) -> bytes:
 
     arch = stream.arch
     tables = [entropy.best_table(w, WEIGHT_MAX) for w in stream.weights]
-    head = bytes([arch.levels, arch.hidden_width, arch.hidden_layers, int(arch.refine), arch.max_symbol])
+    head = bytes([arch.levels, arch.hidden_width, arch.hidden_layers, int(arch.refine) | 2 * int(arch.cubic),
+                  arch.max_symbol])
     head += bytes(v for e, k in zip(stream.exponents, tables) for v in (e, k))
     head += np.asarray(stream.context, "<i2").tobytes()
     encoder = constriction.stream.queue.RangeEncoder()
@@ -175,9 +179,9 @@ def decode_body(body: bytes, height: int, width: int, channels: int, label: str)
 
     r = Reader(body, label)
     levels, hidden_width, hidden_layers, flags, m = r.read("5B")
-    if not (1 <= levels <= 15 and hidden_width >= 1 and flags <= 1 and m >= 1):
+    if not (1 <= levels <= 15 and hidden_width >= 1 and flags <= 3 and m >= 1):
         raise FieldcraftError(f"{label}: invalid latent-preset configuration")
-    arch = Architecture(levels, hidden_width, hidden_layers, bool(flags), m, channels)
+    arch = Architecture(levels, hidden_width, hidden_layers, bool(flags & 1), m, channels, bool(flags & 2))
     shapes = arch.tensor_shapes()
     ek = r.read(f"{2 * len(shapes)}B")
     exponents, tables = list(ek[0::2]), list(ek[1::2])
