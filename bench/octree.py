@@ -14,7 +14,11 @@ Steps, each timed:
 5. where that command's CPU time goes (``breakdown``, CPU seconds of this process): start-up of a
    fresh interpreter to a loaded octree (a subprocess), reading the test images, rendering every
    view, and scoring and writing one view (SSIM, depth picture, two PNGs). ``--breakdown-only``
-   runs this step alone and merges it into the existing results.
+   runs this step alone and merges it into the existing results;
+6. with ``--finetune-steps N`` (optional): ``fieldcraft export nerf RUN --format octree --octree
+   RUN/lego.octree --finetune-steps N --out RUN/lego_finetuned.octree`` (fine-tuning the bake on
+   the training images, timed) and its ``eval nerf --octree`` on the same test views (``finetune``);
+   ``--finetune-only`` runs this step alone (default 1000 steps) and merges it into the results.
 
 Writes ``bench/results/nerf_octree_lego.json``: PSNR / SSIM of field and octree on the same
 views, the gap, milliseconds per view, whole-command seconds, bake seconds, file size, and the
@@ -56,12 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sh-degree", type=int, default=1)
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--breakdown-only", action="store_true", help="only step 5, merged into --results")
+    ap.add_argument("--finetune-steps", type=int, default=0, help="step 6: fine-tune the bake N steps (0: skip)")
+    ap.add_argument("--finetune-only", action="store_true",
+                    help="only step 6 (on RUN/lego.octree), merged into --results")
     args = ap.parse_args(argv)
+    fc = [sys.executable, "-m", "fieldcraft"]
+    if args.finetune_only:
+        out = json.loads(Path(args.results).read_text())
+        out["finetune"] = finetune_row(fc, args.run, args.run / "lego.octree", args.test, args.finetune_steps or 1000,
+                                       out["field_psnr"])
+        return _write(args.results, out)
     if args.breakdown_only:
         out = json.loads(Path(args.results).read_text())
         out["breakdown"] = breakdown(args.run, args.run / "lego.octree", args.test)
         return _write(args.results, out)
-    fc = [sys.executable, "-m", "fieldcraft"]
     run, octree = args.run, args.run / "lego.octree"
     out: dict = {"run": str(run), "test_data": args.test, "resolution": args.resolution, "sh_degree": args.sh_degree,
                  "cpus": len(os.sched_getaffinity(0))}
@@ -98,7 +110,25 @@ def main(argv: list[str] | None = None) -> int:
                 "octree_seconds_per_view_with_scoring": oct_metrics["render_seconds_per_view"],
                 "kernels": oct_metrics["kernels"]})
     out["breakdown"] = breakdown(run, octree, args.test)
+    if args.finetune_steps > 0:
+        out["finetune"] = finetune_row(fc, run, octree, args.test, args.finetune_steps, field["psnr"])
     return _write(args.results, out)
+
+
+def finetune_row(fc: list[str], run: Path, octree: Path, test: str, steps: int, field_psnr: float) -> dict:
+    """Step 6: fine-tune the bake ``steps`` steps, then score it on the test views."""
+    tuned = run / "lego_finetuned.octree"
+    seconds, load = _timed([*fc, "export", "nerf", str(run), "--format", "octree", "--octree", str(octree),
+                            "--finetune-steps", str(steps), "--out", str(tuned), "--quiet"])
+    _timed([*fc, "eval", "nerf", str(run), "--octree", str(tuned), "--data", test, "--quiet"])
+    m = json.loads((run / "eval" / "test-octree" / "metrics.json").read_text())
+    from fieldcraft.io.octree_file import load_octree
+
+    info = load_octree(tuned).source["finetune"]
+    return {"run": str(run), "steps": info["steps"], "batch_rays": info["batch_rays"],
+            "finetune_seconds": info["seconds"],
+            "command_seconds": seconds, "load_before": load, "psnr": m["psnr"], "ssim": m["ssim"],
+            "psnr_gap": field_psnr - m["psnr"], "ms_per_view": m["ms_per_view"]}
 
 
 def _write(path: str, out: dict) -> int:

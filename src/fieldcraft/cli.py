@@ -1,6 +1,6 @@
 """The ``fieldcraft`` command line: ``fieldcraft <verb> <task> ...``.
 
-Verbs: ``fit``, ``render``, ``eval``, ``export``, ``encode``, ``sample``. Top-level commands:
+Verbs: ``fit``, ``render``, ``eval``, ``export``, ``encode``, ``sample``, ``extract``. Top-level commands:
 ``compress``, ``decompress`` (the neural image codec), ``view`` (the viewer in the browser). Each
 task's sub-commands live in their own module under :mod:`fieldcraft.commands` and register
 themselves through ``register(verbs)``; registering imports no PyTorch, and a command that does not need it sets ``uses_torch=False``
@@ -24,9 +24,10 @@ VERBS = {
     "export": "export a fitted field (meshes, ...)",
     "encode": "turn signals into latents of a fitted model (functa)",
     "sample": "draw new signals from a fitted generative model (functa)",
+    "extract": "compute a task's inputs from a dataset (feature maps)",
 }
 # one module per task under fieldcraft.commands; each defines register(verbs)
-COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa", "codec", "lightfield", "view")
+COMMAND_MODULES = ("image", "images", "nerf", "shapes", "ct", "functa", "codec", "lightfield", "view", "features")
 # top-level commands that are not ``<verb> <task>`` (``fieldcraft compress IMG``): a module adds
 # them through ``verbs[TOP_LEVEL]``
 TOP_LEVEL = ""

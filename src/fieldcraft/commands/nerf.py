@@ -13,7 +13,7 @@ from fieldcraft.commands.common import (
     report,
 )
 
-PRESETS = ("instant", "vanilla", "tiny", "tensorf", "nerfacto")  # fieldcraft.tasks.nerf.PRESETS (not imported: registering needs no torch)
+PRESETS = ("instant", "vanilla", "tiny", "tensorf", "nerfacto", "plenoxels")  # fieldcraft.tasks.nerf.PRESETS (not imported: registering needs no torch)
 
 
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
@@ -25,7 +25,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("data", help="dataset directory")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--preset", default=None, choices=PRESETS,
-                   help="instant, vanilla, tiny, tensorf or nerfacto (default: nerfacto for unbounded real captures "
+                   help="instant, vanilla, tiny, tensorf, nerfacto or plenoxels (default: nerfacto for unbounded real captures "
                         "(COLMAP, transforms.json with aabb_scale > 1), instant otherwise; the choice is printed)")
     add_fit_arguments(p)
     p.add_argument("--background", default=None, choices=["white", "black", "random"],
@@ -44,6 +44,11 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--pose-lr", type=float, default=None, metavar="LR",
                    help="with --refine-poses: the corrections' learning rate (radians, and scene-box diagonals, "
                         "a step; default 1e-3)")
+    p.add_argument("--sampler", default=None, choices=["occupancy", "proposal", "stratified"],
+                   help="how samples are placed along rays (default: the preset's; proposal = Mip-NeRF 360 / "
+                        "nerfacto proposal networks, docs/nerf.md)")
+    p.add_argument("--distortion-weight", type=float, default=None, metavar="W",
+                   help="weight of Mip-NeRF 360's distortion loss (default: the preset's, 0 = off)")
     p.add_argument("--blocks", type=int, default=None, metavar="N",
                    help="split the scene into N overlapping blocks of cameras (Block-NeRF) and fit one field per "
                         "block in --out/block_<k>/ (layout in --out/blocks.json); the budget is for all blocks "
@@ -110,6 +115,16 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     x.add_argument("--sh-degree", type=int, default=1, help="highest SH band of the colour, 0-3 (default 1)")
     x.add_argument("--prune-weight", type=float, default=1e-2,
                    help="empty voxels whose largest weight over the training rays is below this (default 1e-2)")
+    x.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="octree: then optimise the voxels' densities and SH colours on the training images for N "
+                        "steps (PlenOctrees fine-tuning; default 0: none); Ctrl-C keeps what is done")
+    x.add_argument("--finetune-seconds", type=float, default=None, metavar="S",
+                   help="octree: fine-tune for S seconds (with --finetune-steps: whichever ends first)")
+    x.add_argument("--finetune-batch", type=int, default=4096, metavar="RAYS",
+                   help="octree: training rays per fine-tuning step (default 4096)")
+    x.add_argument("--octree", type=Path, default=None, metavar="FILE",
+                   help="fine-tune this baked octree instead of baking the field again")
+    x.add_argument("--data", default=None, help="fine-tuning: dataset directory (default: the one fitted)")
     add_device_argument(x)
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     x.set_defaults(func=_export)
@@ -130,6 +145,10 @@ def _fit(args: argparse.Namespace) -> int:
         from fieldcraft.errors import FieldcraftError
 
         raise FieldcraftError("--pose-lr needs --refine-poses")
+    if args.sampler is not None:
+        config = config.replace(sampler=args.sampler)
+    if args.distortion_weight is not None:
+        config = config.replace(distortion_weight=args.distortion_weight)
     if args.refine_poses:
         config = config.replace(pose_refine=True, **({} if args.pose_lr is None else {"pose_lr": args.pose_lr}))
     if args.blocks is not None or args.block is not None or args.block_overlap is not None or args.match_colours:
@@ -223,6 +242,12 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "ply" or args.finetune_steps < 0:
+        from fieldcraft.errors import check
+
+        check(args.finetune_steps >= 0, f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+        check(not (args.finetune_steps or args.finetune_seconds is not None or args.octree or args.data),
+              "--finetune-*, --octree and --data apply to --format octree")
     if args.format == "ply":
         from fieldcraft.tasks.nerf.pointcloud import point_cloud
 
@@ -230,17 +255,26 @@ def _export(args: argparse.Namespace) -> int:
                             device=device_from_args(args))
         print(f"{cloud['points']} points -> {cloud['path']}")
         return 0
-    from fieldcraft.io.octree_file import save_octree
-    from fieldcraft.tasks.nerf.bake import BakeConfig, bake
+    from fieldcraft.tasks.nerf.bake import BakeConfig, FinetuneConfig, export_octree
+    from fieldcraft.train import Budget
 
     config = BakeConfig(resolution=args.resolution, sh_degree=args.sh_degree, prune_weight=args.prune_weight)
-    tree, stats = bake(args.directory, config, device=device_from_args(args), progress=not args.quiet)
-    path = save_octree(args.out, tree)
+    budget = None
+    if args.finetune_steps or args.finetune_seconds is not None:
+        budget = Budget(steps=args.finetune_steps or None, seconds=args.finetune_seconds)
+    stats = export_octree(args.directory, args.out, config, FinetuneConfig(batch_rays=args.finetune_batch), budget,
+                          start=args.octree, data_path=args.data, device=device_from_args(args),
+                          progress=not args.quiet)
+    path = stats["path"]
     from fieldcraft.render.octree import use_fast_kernels
 
     if use_fast_kernels():  # compile the renderer now (cached on disk), not in the first 'eval --octree'
         from fieldcraft.kernels.octree import warm_up
 
         warm_up()
+    tuned = stats.get("finetune")
+    if tuned:
+        print(f"fine-tuned {tuned['steps']} steps ({tuned['seconds']:.1f} s): training PSNR {tuned['train_psnr_first']:.2f} "
+              f"-> {tuned['train_psnr_last']:.2f} dB" + (f", stopped by {tuned['stopped']}" if tuned["stopped"] else ""))
     print(f"{stats['bricks']} bricks, {stats['voxels']} voxels ({path.stat().st_size / 1e6:.1f} MB) -> {path}")
-    return 0
+    return 130 if tuned and tuned["stopped"] else 0

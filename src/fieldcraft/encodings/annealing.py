@@ -109,5 +109,10 @@ class WindowedEncoding(nn.Module):
         y = grid_encode_with_points(self.encoding, x) if isinstance(self.encoding, GridEncoding) else self.encoding(x)
         return y * self.window.to(y.dtype)
 
+    def reattach(self, x: Float[Tensor, "n in_dim"], encoded: Float[Tensor, "n out_dim"]) -> Float[Tensor, "n out_dim"]:
+        """As :meth:`~fieldcraft.encodings.base.Encoding.reattach`: computed again when a graph is
+        needed (the points may carry pose gradients)."""
+        return self(x) if torch.is_grad_enabled() else encoded
+
     def extra_repr(self) -> str:
         return f"start={self.start}, end={self.end}, bands={self.n_bands}"

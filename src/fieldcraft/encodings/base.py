@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -54,6 +55,13 @@ class Encoding(nn.Module):
     def encode(self, x: Float[Tensor, "n in_dim"]) -> Float[Tensor, "n out_dim"]:
         """Encode a flat batch; subclasses implement this."""
         raise NotImplementedError
+
+    def reattach(self, x: Float[Tensor, "n in_dim"], encoded: Float[Tensor, "n out_dim"]) -> Float[Tensor, "n out_dim"]:
+        """The features of ``x``, whose values ``encoded`` were computed earlier without a graph
+        (a no-grad pass over the same points), now differentiable in the encoding's parameters.
+        The default computes them again; encodings whose backward needs only ``x`` (grids)
+        attach ``encoded`` to the graph without recomputing it."""
+        return self(x) if torch.is_grad_enabled() else encoded
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}"

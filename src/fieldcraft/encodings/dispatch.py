@@ -34,6 +34,19 @@ def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "au
     return grid_encode_reference(u, table, layout)
 
 
+def grid_reattach(u: Tensor, encoded: Tensor, table: Tensor, layout: GridLayout, backend: str = "auto") -> Tensor | None:
+    """``encoded`` (the grid features of ``u``, computed without a graph) attached to ``table``'s graph
+    with the fast kernel's backward, or None when :func:`grid_encode` would not take the fast kernel."""
+    if backend == "torch" or _fast_kernel() is None:
+        return None
+    if not (u.device.type == "cpu" and table.dtype == u.dtype == encoded.dtype == torch.float32 and not u.requires_grad
+            and table.requires_grad):
+        return None
+    from fieldcraft.encodings.grid_autograd import grid_reattach_fast
+
+    return grid_reattach_fast(u, encoded, table, layout)
+
+
 def _fast_kernel():
     from fieldcraft.runtime import fast_kernels_enabled
 

@@ -135,6 +135,17 @@ class GridEncoding(Encoding):
         u = (x + 1.0) * 0.5
         return grid_encode(u, self.table, self.layout, self.backend)
 
+    def reattach(self, x: Tensor, encoded: Tensor) -> Tensor:
+        """``encoded`` (this encoding of ``x``, computed without a graph) attached to the table's graph
+        without a second forward pass when the fast kernel applies; else as :meth:`Encoding.reattach`."""
+        from fieldcraft.encodings.dispatch import grid_reattach
+
+        if not torch.is_grad_enabled():
+            return encoded
+        u = (x + 1.0) * 0.5
+        out = grid_reattach(u, encoded, self.table, self.layout, self.backend)
+        return out if out is not None else self(x)
+
     def extra_repr(self) -> str:
         n_hashed = sum(self.layout.hashed)
         return (f"in_dim={self.in_dim}, out_dim={self.out_dim}, levels={self.layout.n_levels} "

@@ -92,6 +92,29 @@ def grid_encode_fast(u: Float[Tensor, "n dim"], table: Float[Tensor, "rows F"], 
     return _GridEncodeFunction.apply(u, table, layout)
 
 
+def grid_reattach_fast(u: Float[Tensor, "n dim"], encoded: Float[Tensor, "n L*F"], table: Float[Tensor, "rows F"],
+                       layout: GridLayout) -> Float[Tensor, "n L*F"]:
+    """``encoded`` (:func:`grid_encode_fast` of ``u``, computed without a graph) as a differentiable
+    function of ``table``: the forward pass is not repeated, the backward is the fast kernel's.
+
+    >>> lay = GridLayout.build(3, 2, (4, 8), 6)
+    >>> table = torch.randn(lay.n_rows, 2, requires_grad=True)
+    >>> u = torch.rand(5, 3)
+    >>> with torch.no_grad():
+    ...     enc = grid_encode_fast(u, table, lay)
+    >>> grid_reattach_fast(u, enc, table, lay).square().sum().backward()
+    >>> g1 = table.grad.clone(); table.grad = None
+    >>> grid_encode_fast(u, table, lay).square().sum().backward()
+    >>> torch.equal(g1, table.grad)
+    True
+    """
+    reason = _fallback_reason(layout.dim, layout.n_features, backward=True)
+    if reason is not None:
+        _warn_once(reason)
+        return grid_encode_reference(u, table, layout)
+    return _GridReattachFunction.apply(u, encoded, table, layout)
+
+
 class _GradBuffers:
     """One reusable table-gradient buffer per table shape.
 
@@ -174,3 +197,20 @@ class _GridEncodeFunction(torch.autograd.Function):
                     raise
                 K.backward_kernel(un, g_l, grad.numpy(), dtup, ftup, res, sizes, hashed, pow2, offsets, 1)
         return None, grad, None
+
+
+class _GridReattachFunction(torch.autograd.Function):
+    """Forward: the given features as they are; backward: :class:`_GridEncodeFunction`'s."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, encoded: Tensor, table: Tensor, layout: GridLayout) -> Tensor:
+        ctx.save_for_backward(u.detach().contiguous())
+        ctx.layout = layout
+        ctx.table_shape = tuple(table.shape)
+        return encoded.detach().clone() if encoded.requires_grad else encoded.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        _, grad, _ = _GridEncodeFunction.backward(ctx, grad_out)
+        return None, None, grad, None

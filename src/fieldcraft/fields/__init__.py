@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fieldcraft.fields.field import Field, FieldConfig
+    from fieldcraft.fields.plenoxels import PlenoxelField, PlenoxelFieldConfig
     from fieldcraft.fields.presets import IMAGE_PRESETS, image_field_config
 
-__all__ = ["IMAGE_PRESETS", "Field", "FieldConfig", "image_field_config"]
-_HOME = {"Field": "field", "FieldConfig": "field", "IMAGE_PRESETS": "presets", "image_field_config": "presets"}
+__all__ = ["IMAGE_PRESETS", "Field", "FieldConfig", "PlenoxelField", "PlenoxelFieldConfig", "image_field_config"]
+_HOME = {"Field": "field", "FieldConfig": "field", "IMAGE_PRESETS": "presets", "image_field_config": "presets",
+         "PlenoxelField": "plenoxels", "PlenoxelFieldConfig": "plenoxels"}
 
 
 def __getattr__(name: str):

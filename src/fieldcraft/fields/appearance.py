@@ -46,7 +46,8 @@ class AppearanceField(RadianceField):
         return self.codes(camera)
 
     def forward(self, x: Float[Tensor, "n 3"], d: Float[Tensor, "n 3"] | None = None,
-                camera: Int[Tensor, " n"] | None = None) -> tuple[Float[Tensor, " n"], Float[Tensor, "n 3"]]:
-        sigma, feat = self._trunk(x)
+                camera: Int[Tensor, " n"] | None = None, encoded: Float[Tensor, "n e"] | None = None
+                ) -> tuple[Float[Tensor, " n"], Float[Tensor, "n 3"]]:
+        sigma, feat = self._trunk(x, encoded)
         parts = [feat] if self.direction_encoding is None else [feat, self.direction_encoding(d)]
         return sigma, self.color(torch.cat([*parts, self.code(camera, len(x)).to(feat.dtype)], -1))

@@ -117,7 +117,8 @@ def density_activation(raw: Float[Tensor, "*n"], name: str) -> Float[Tensor, "*n
 
 
 class RadianceField(nn.Module):
-    """``density(x) -> sigma [n]`` and ``forward(x, d) -> (sigma [n], rgb [n, 3])`` on world points.
+    """``density(x) -> sigma [n]`` and ``forward(x, d) -> (sigma [n], rgb [n, 3])`` on world points;
+    both take ``encoded=`` :meth:`encode` ``(x)`` from an earlier no-grad pass to skip encoding again.
 
     Modules: ``position_encoding``, ``trunk`` (an :class:`~fieldcraft.networks.MLP`,
     :meth:`RadianceFieldConfig.trunk_network`), ``direction_encoding`` (or None) and ``color``
@@ -140,16 +141,29 @@ class RadianceField(nn.Module):
         """World points to ``[-1, 1]^3`` over the scene box."""
         return (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
 
-    def _trunk(self, x: Float[Tensor, "n 3"]) -> tuple[Float[Tensor, " n"], Float[Tensor, "n n_features"]]:
-        out = self.trunk(self.position_encoding(self.normalize(x) if self.config.positions == "box" else x))
+    def _inputs(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
+        return self.normalize(x) if self.config.positions == "box" else x
+
+    def encode(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, "n e"]:
+        """The position encoding of world points ``x`` (what the trunk sees)."""
+        return self.position_encoding(self._inputs(x))
+
+    def _trunk(self, x: Float[Tensor, "n 3"], encoded: Float[Tensor, "n e"] | None = None
+               ) -> tuple[Float[Tensor, " n"], Float[Tensor, "n n_features"]]:
+        """Density and features; ``encoded``: :meth:`encode` of ``x`` computed earlier without a graph
+        (a no-grad pass over the same points), reused instead of encoding again
+        (:meth:`~fieldcraft.encodings.base.Encoding.reattach`)."""
+        xi = self._inputs(x)
+        h = self.position_encoding(xi) if encoded is None else self.position_encoding.reattach(xi, encoded)
+        out = self.trunk(h)
         return density_activation(out[..., 0] + self.config.density_bias, self.config.density_activation), out[..., 1:]
 
-    def density(self, x: Float[Tensor, "n 3"]) -> Float[Tensor, " n"]:
-        return self._trunk(x)[0]
+    def density(self, x: Float[Tensor, "n 3"], encoded: Float[Tensor, "n e"] | None = None) -> Float[Tensor, " n"]:
+        return self._trunk(x, encoded)[0]
 
-    def forward(self, x: Float[Tensor, "n 3"], d: Float[Tensor, "n 3"] | None = None
-                ) -> tuple[Float[Tensor, " n"], Float[Tensor, "n 3"]]:
-        sigma, feat = self._trunk(x)
+    def forward(self, x: Float[Tensor, "n 3"], d: Float[Tensor, "n 3"] | None = None,
+                encoded: Float[Tensor, "n e"] | None = None) -> tuple[Float[Tensor, " n"], Float[Tensor, "n 3"]]:
+        sigma, feat = self._trunk(x, encoded)
         if self.color is None:
             return sigma, torch.sigmoid(feat[..., :3])
         h = feat if self.direction_encoding is None else torch.cat([feat, self.direction_encoding(d)], -1)

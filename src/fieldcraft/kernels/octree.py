@@ -13,11 +13,13 @@ weighted mean of segment midpoints, as :meth:`fieldcraft.tasks.nerf.NerfModel.re
 - :func:`render_view`: every pixel of one pinhole camera (rays through pixel centres, OpenGL
   axes, :mod:`fieldcraft.data.cameras`), in parallel over image rows;
 - :func:`max_weights`: for baking, the largest weight each voxel receives from the rays of a
-  set of cameras (visibility pruning).
+  set of cameras (visibility pruning);
+- :func:`ray_segments`: the voxel segments each of a batch of rays composites (fine-tuning
+  renders them differentiably with PyTorch, :class:`fieldcraft.render.octree.OctreeLeaves`).
 
 Needs numpy and numba only (no PyTorch). Kernels are compiled on first use and cached on disk
 (``cache=True``); :func:`warm_up` compiles them on a tiny problem. The PyTorch reference of
-the same arithmetic is :func:`fieldcraft.render.octree.render_rays_reference`.
+the same arithmetic is :class:`fieldcraft.render.octree.ReferenceGrid`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from jaxtyping import Float, Int
 
 from fieldcraft.kernels.grid import _NUMBA_ERROR as NUMBA_ERROR  # noqa: F401 (numba or stand-ins; read by render.octree)
 from fieldcraft.kernels.grid import njit, numba, prange
@@ -32,6 +35,7 @@ from fieldcraft.kernels.grid import njit, numba, prange
 # fastmath without 'nnan'/'ninf': the DDA compares against large sentinels
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _BIG = 1e30
+RENDER, RECORD, SEGMENTS, OCCUPIED_SEGMENTS = 0, 1, 2, 3  # what trace() does with each segment
 
 C0 = 0.28209479177387814
 C1 = 0.48860251190291987
@@ -103,11 +107,15 @@ def _sh_sum(sh, off, basis, k):  # pragma: no cover - numba
 
 @njit(cache=True, fastmath=_FAST, error_model="numpy")
 def trace(ox, oy, oz, dx, dy, dz, ts, te, lo, inv_vs, bmin, bmax, c, b, index, density, sh, k, basis, eps,
-          weights, dir_weights, n_dirs, dir_bin, record, result):  # pragma: no cover - numba
+          weights, dir_weights, n_dirs, dir_bin, mode, seg_voxel, seg_t, result):  # pragma: no cover - numba
     """March one unit-direction ray over ``[ts, te]`` (see the module docstring). ``result`` gets
-    ``r, g, b, opacity, weighted depth sum``; with ``record`` the weight of each voxel sample is
-    max-accumulated into ``weights`` (flat over bricks x voxels) and summed into
-    ``dir_weights[voxel * n_dirs + dir_bin]``, and colour is skipped."""
+    ``r, g, b, opacity, weighted depth sum``. ``mode``: 0 renders colour; 1 (``RECORD``) max-accumulates
+    the weight of each voxel sample into ``weights`` (flat over bricks x voxels) and sums it into
+    ``dir_weights[voxel * n_dirs + dir_bin]``, skipping colour; 2 (``SEGMENTS``) lists every segment
+    inside an occupied brick (empty voxels too) up to early termination, 3 (``OCCUPIED_SEGMENTS``)
+    only those in voxels of positive density: segment ``n = result[5]`` (then ``result[5] += 1``) is
+    written as flat voxel ``seg_voxel[n]`` and ``seg_t[n] = (t_start, t_end)`` when
+    ``n < len(seg_voxel)`` (an empty buffer counts only), skipping colour."""
     gx, gy, gz = (ox - lo[0]) * inv_vs[0], (oy - lo[1]) * inv_vs[1], (oz - lo[2]) * inv_vs[2]
     ux, uy, uz = dx * inv_vs[0], dy * inv_vs[1], dz * inv_vs[2]  # voxel units per unit of t
     sx = 1 if ux > 0 else -1
@@ -155,13 +163,20 @@ def trace(ox, oy, oz, dx, dy, dz, ts, te, lo, inv_vs, bmin, bmax, c, b, index, d
                 if seg > 0.0:
                     li = base + ((vx - x0) * b + (vy - y0)) * b + (vz - z0)
                     sigma = density[li]
-                    if sigma > 0.0:
+                    if sigma > 0.0 or mode == SEGMENTS:
                         alpha = 1.0 - math.exp(-sigma * seg)
                         w = trans * alpha
-                        if record:
+                        if mode == RECORD:
                             if w > weights[li]:
                                 weights[li] = w
                             dir_weights[li * n_dirs + dir_bin] += w
+                        elif mode >= SEGMENTS:
+                            n = int(result[5])
+                            if n < seg_voxel.shape[0]:
+                                seg_voxel[n] = li
+                                seg_t[n, 0] = tt
+                                seg_t[n, 1] = t2
+                            result[5] = n + 1
                         else:
                             off = li * 3 * k
                             if k == 9:
@@ -237,9 +252,11 @@ def render_view_kernel(c2w, fx, fy, cx, cy, height, width, near, far, box_lo, bo
                        bmin, bmax, c, b, index, density, sh, k, eps, background, rgb, depth, opacity
                        ):  # pragma: no cover - numba
     dummy = np.zeros(1, np.float32)
+    no_voxels = np.zeros(0, np.int64)
+    no_t = np.zeros((0, 2))
     for i in prange(height):
         basis = np.zeros(16)
-        res = np.zeros(5)
+        res = np.zeros(6)
         for j in range(width):
             ox, oy, oz, dx, dy, dz = _camera_ray(c2w, fx, fy, cx, cy, j + 0.5, i + 0.5)
             t0, t1 = clip_ray(ox, oy, oz, dx, dy, dz, box_lo, box_hi, near, far)
@@ -247,7 +264,7 @@ def render_view_kernel(c2w, fx, fy, cx, cy, height, width, near, far, box_lo, bo
             if te > ts:
                 sh_basis(dx, dy, dz, k, basis)
                 trace(ox, oy, oz, dx, dy, dz, ts, te, lo, inv_vs, bmin, bmax, c, b, index, density, sh, k, basis,
-                      eps, dummy, dummy, 1, 0, False, res)
+                      eps, dummy, dummy, 1, 0, RENDER, no_voxels, no_t, res)
             else:
                 res[:] = 0.0
             a = res[3]
@@ -269,10 +286,12 @@ def max_weights_kernel(c2ws, fxs, fys, cxs, cys, height, width, scale, near, far
     n_threads = weights.shape[0]
     n_dirs = dirs.shape[0]
     sh = np.zeros(1, np.float32)
+    no_voxels = np.zeros(0, np.int64)
+    no_t = np.zeros((0, 2))
     hs, ws = height * scale, width * scale
     for part in prange(n_threads):
         basis = np.zeros(16)
-        res = np.zeros(5)
+        res = np.zeros(6)
         w = weights[part]
         dw = dir_weights[part]
         for cam in range(part, n_cam, n_threads):
@@ -291,7 +310,29 @@ def max_weights_kernel(c2ws, fxs, fys, cxs, cys, height, width, scale, near, far
                                 top = dot
                                 best = q
                         trace(ox, oy, oz, dx, dy, dz, ts, te, lo, inv_vs, bmin, bmax, c, b, index, density, sh, 1,
-                              basis, eps, w, dw, n_dirs, best, True, res)
+                              basis, eps, w, dw, n_dirs, best, RECORD, no_voxels, no_t, res)
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST, error_model="numpy")
+def segments_kernel(origins, dirs, near, far, box_lo, box_hi, tight_lo, tight_hi, lo, inv_vs, bmin, bmax, c, b,
+                    index, density, eps, mode, offsets, seg_voxel, seg_t, counts):  # pragma: no cover - numba
+    """Per ray ``i`` (``origins``, unit ``dirs`` ``[m, 3]``): its segments (``trace`` mode ``SEGMENTS``
+    or ``OCCUPIED_SEGMENTS``) written from ``offsets[i]`` on, and their number into ``counts[i]``
+    (empty buffers: count only)."""
+    sh = np.zeros(1, np.float32)
+    dummy = np.zeros(1, np.float32)
+    for i in prange(origins.shape[0]):
+        basis = np.zeros(1)
+        res = np.zeros(6)
+        res[5] = offsets[i]
+        ox, oy, oz = origins[i, 0], origins[i, 1], origins[i, 2]
+        dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
+        t0, t1 = clip_ray(ox, oy, oz, dx, dy, dz, box_lo, box_hi, near, far)
+        ts, te = clip_ray(ox, oy, oz, dx, dy, dz, tight_lo, tight_hi, t0, t1)
+        if te > ts:
+            trace(ox, oy, oz, dx, dy, dz, ts, te, lo, inv_vs, bmin, bmax, c, b, index, density, sh, 1, basis, eps,
+                  dummy, dummy, 1, 0, mode, seg_voxel, seg_t, res)
+        counts[i] = int(res[5]) - offsets[i]
 
 
 class Grid:
@@ -352,6 +393,30 @@ def max_weights(grid: Grid, c2ws: np.ndarray, fx: np.ndarray, fy: np.ndarray, cx
                        weights, dir_weights)
     v = grid.b**3
     return weights.max(0).reshape(-1, v), dir_weights.sum(0).reshape(-1, v, len(dirs))
+
+
+def ray_segments(grid: Grid, origins: Float[np.ndarray, "m 3"], dirs: Float[np.ndarray, "m 3"], eps: float = 1e-3,
+                 density: Float[np.ndarray, " NV"] | None = None, empty: bool = True
+                 ) -> tuple[Int[np.ndarray, " n"], Int[np.ndarray, " n"], Float[np.ndarray, "n 2"]]:
+    """The segments the marcher composites for each ray (unit ``dirs``): ``ray [n]`` (non-decreasing),
+    flat voxel ``voxel [n]`` (brick ``voxel // B^3``, voxel ``voxel % B^3``) and ``t [n, 2]`` (start,
+    end), in marching order. Every segment inside an occupied brick is listed (``empty``: voxels of
+    zero density too), up to the segment whose compositing takes the transmittance below ``eps``
+    (with ``density`` ``[N B^3]``, default the grid's). Two passes: count, then fill."""
+    o = np.ascontiguousarray(origins, np.float64)
+    d = np.ascontiguousarray(dirs, np.float64)
+    dens = grid.density if density is None else np.ascontiguousarray(density, np.float32).reshape(-1)
+    m = len(o)
+    counts = np.zeros(m, np.int64)
+    args = (grid.near, grid.far, grid.box_lo, grid.box_hi, grid.tight_lo, grid.tight_hi, grid.lo, grid.inv_vs,
+            grid.bmin, grid.bmax, grid.c, grid.b, grid.index, dens, float(eps), SEGMENTS if empty else OCCUPIED_SEGMENTS)
+    segments_kernel(o, d, *args, np.zeros(m, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)), counts)
+    offsets = np.zeros(m, np.int64)
+    np.cumsum(counts[:-1], out=offsets[1:])
+    total = int(counts.sum())
+    voxel, t = np.empty(total, np.int64), np.empty((total, 2))
+    segments_kernel(o, d, *args, offsets, voxel, t, counts)
+    return np.repeat(np.arange(m), counts), voxel, t
 
 
 def warm_up() -> None:

@@ -91,7 +91,8 @@ def march(grid: BinaryGrid | None, origins: Float[Tensor, "r 3"], dirs: Float[Te
     """Fixed-step intervals ``[t_min + k s, t_min + (k + 1) s]`` (shifted by one random offset per ray when
     ``jitter``) that end before ``t_max`` and whose midpoints are occupied; packed, ray-major.
 
-    ``grid=None`` keeps every interval (plain uniform sampling).
+    ``grid=None`` keeps every interval (plain uniform sampling). On the CPU the numba kernel of
+    :mod:`fieldcraft.kernels.march` produces the same intervals without the dense candidate table.
 
     >>> ri, t0, t1 = march(None, torch.zeros(2, 3), torch.tensor([[0.0, 0, 1], [1.0, 0, 0]]),
     ...                    torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.5]), 0.25)
@@ -106,6 +107,15 @@ def march(grid: BinaryGrid | None, origins: Float[Tensor, "r 3"], dirs: Float[Te
         empty = torch.zeros(0, device=origins.device)
         return empty.long(), empty, empty
     offset = torch.rand_like(t_min) if jitter else torch.zeros_like(t_min)
+    if _fast_march(origins, dirs, t_min, t_max):
+        from fieldcraft.kernels.march import march as march_kernel
+
+        lo, hi = (grid.aabb[0], grid.aabb[1]) if grid is not None else (origins.new_zeros(3), origins.new_ones(3))
+        ri, ts = march_kernel(*(x.detach().contiguous().numpy() for x in (origins, dirs, t_min, t_max, offset)),
+                              step_size, n_max, grid.binary.numpy() if grid is not None else None, lo.numpy(),
+                              hi.numpy())
+        t_starts = torch.from_numpy(ts)
+        return torch.from_numpy(ri), t_starts, t_starts + step_size
     k = torch.arange(n_max, device=origins.device, dtype=origins.dtype)
     t0 = t_min[:, None] + (k[None] + offset[:, None]) * step_size  # [r, n_max]
     keep = t0 + step_size <= t_max[:, None]
@@ -118,6 +128,18 @@ def march(grid: BinaryGrid | None, origins: Float[Tensor, "r 3"], dirs: Float[Te
         ray_idx, t_starts = ray_idx[occ], t_starts[occ]
     return ray_idx, t_starts, t_starts + step_size
 
+
+
+def _fast_march(*tensors: Tensor) -> bool:
+    """Whether :func:`march` takes the numba kernel (:mod:`fieldcraft.kernels.march`): float32 CPU
+    tensors, numba importable and ``FIELDCRAFT_KERNELS`` not ``reference``."""
+    from fieldcraft.runtime import fast_kernels_enabled
+
+    if not fast_kernels_enabled() or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    from fieldcraft.kernels.march import NUMBA_ERROR
+
+    return NUMBA_ERROR is None
 
 
 def occupied_range(grid: BinaryGrid, origins: Float[Tensor, "r 3"], dirs: Float[Tensor, "r 3"], t_min: Float[Tensor, " r"],

@@ -1,10 +1,10 @@
-"""Rendering a baked sparse voxel grid (:mod:`fieldcraft.io.octree_file`): the numba fast path or
-its PyTorch reference.
+"""Rendering a baked sparse voxel grid (:mod:`fieldcraft.io.octree_file`): the numba fast path, its
+PyTorch reference, and the same image formation differentiable in the leaf values.
 
-:func:`render_camera` renders one pinhole camera; it runs the numba kernels of
-:mod:`fieldcraft.kernels.octree` on the CPU, and :func:`render_rays_reference` (PyTorch, any
-device: the GPU's path) when ``FIELDCRAFT_KERNELS=reference`` is set, numba is missing, or a
-device other than the CPU is asked for. Both compute the same thing (tested equal):
+:meth:`OctreeRenderer.render_camera` renders one pinhole camera; it runs the numba kernels of
+:mod:`fieldcraft.kernels.octree` on the CPU, and :class:`ReferenceGrid` (PyTorch, any device: the
+GPU's path) when ``FIELDCRAFT_KERNELS=reference`` is set, numba is missing, or a device other
+than the CPU is asked for. Both compute the same thing (tested equal):
 
 - each ray is clipped to the grid's box and ``[near, far]``, and cut into segments at every
   voxel boundary it crosses; a segment of length ``s`` in a voxel of density ``sigma`` has
@@ -13,6 +13,12 @@ device other than the CPU is asked for. Both compute the same thing (tested equa
   has fallen below ``eps`` are dropped (early ray termination);
 - ``rgb = sum w_i colour_i + (1 - opacity) background``, ``opacity = sum w_i``, ``depth = sum w_i
   t_i / opacity`` (segment midpoints ``t_i``).
+
+Fine-tuning (:mod:`fieldcraft.tasks.nerf.bake`) renders with gradients: :class:`RaySegments` lists
+the segments of a batch of rays (which voxel, where; no gradient needed), the caller gathers the
+leaf values of those voxels, and :func:`composite_segments` evaluates the SH colour and
+composites with :mod:`fieldcraft.render.compositing`, differentiably in densities and SH
+coefficients. :class:`ReferenceGrid` is these two functions in float64.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from fieldcraft.io.octree_file import Octree
 
@@ -84,7 +90,8 @@ def camera_rays_numpy(c2w: Float[np.ndarray, "3 4"], fx: float, fy: float, cx: f
 
 
 class ReferenceGrid:
-    """The grid as PyTorch tensors on ``device``, rendered by :meth:`render` (see the module docstring)."""
+    """The grid as PyTorch tensors on ``device``, rendered by :meth:`render` (see the module docstring):
+    :func:`reference_segments` composited by :func:`composite_segments` in float64."""
 
     def __init__(self, tree: Octree, device: str = "cpu") -> None:
         import torch
@@ -93,8 +100,8 @@ class ReferenceGrid:
         self.device = torch.device(device)
         t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=self.device)  # noqa: E731
         self.index = t(tree.brick_index(), torch.long)
-        self.density = t(tree.density)
-        self.sh = t(tree.sh)
+        self.density = t(tree.density).reshape(-1)
+        self.sh = t(tree.sh).reshape(self.density.shape[0], 3, -1)
         self.aabb = t(tree.aabb, torch.float64)
         self.background = t(tree.background, torch.float64)
 
@@ -103,47 +110,119 @@ class ReferenceGrid:
         """Render rays with unit ``dirs``: float32 numpy ``rgb [m, 3]``, ``depth [m]``, ``opacity [m]``."""
         import torch
 
-        parts = [self._render(o, d, eps) for o, d in zip(origins.to(self.device, torch.float64).split(chunk),
-                                                          dirs.to(self.device, torch.float64).split(chunk))]
+        parts = []
+        for o, d in zip(origins.to(self.device, torch.float64).split(chunk), dirs.to(self.device, torch.float64).split(chunk)):
+            ray, voxel, t = reference_segments(self.tree, self.index, self.aabb, o, d)
+            parts.append(composite_segments(self.density[voxel], self.sh[voxel], ray, t, d, self.tree.sh_degree,
+                                            self.background, eps, len(o)))
         return {k: torch.cat([p[k] for p in parts]).float().cpu().numpy() for k in ("rgb", "depth", "opacity")}
 
-    def _render(self, o: Tensor, d: Tensor, eps: float) -> dict[str, Tensor]:
+
+def reference_segments(tree: Octree, index: Int[Tensor, " C3"], aabb: Float[Tensor, "2 3"], o: Float[Tensor, "m 3"],
+                       d: Float[Tensor, "m 3"]) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Float[Tensor, "n 2"]]:
+    """The PyTorch twin of :func:`fieldcraft.kernels.octree.ray_segments` (no early termination:
+    :func:`composite_segments` drops what follows it): every ray (float64 ``o``, unit ``d``) is
+    clipped to the box and ``[near, far]`` and cut at every voxel plane it crosses; the pieces
+    inside occupied bricks (``index``: :meth:`Octree.brick_index` as a tensor) are returned as
+    ``ray [n]``, flat voxel ``voxel [n]`` and ``t [n, 2]`` (start, end), in marching order."""
+    import torch
+
+    from fieldcraft.render.rays import ray_aabb
+
+    r, b = tree.resolution, tree.brick
+    c = r // b
+    lo, hi = aabb[0], aabb[1]
+    vs = (hi - lo) / r
+    t_in, t_out = ray_aabb(o, d, aabb)
+    t0 = t_in.clamp(min=tree.near)
+    t1 = torch.maximum(t_out.clamp(max=tree.far), t0)
+    planes = lo[:, None] + torch.arange(r + 1, device=o.device, dtype=o.dtype)[None] * vs[:, None]    # [3, R+1]
+    safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    cross = ((planes[None] - o[:, :, None]) / safe[:, :, None]).reshape(len(o), -1)                # [m, 3(R+1)]
+    cross = torch.where((cross > t0[:, None]) & (cross < t1[:, None]), cross, t1[:, None])
+    ts = torch.cat([t0[:, None], cross, t1[:, None]], 1).sort(1).values                            # [m, S+1]
+    seg = ts[:, 1:] - ts[:, :-1]
+    mid = 0.5 * (ts[:, 1:] + ts[:, :-1])
+    vox = ((o[:, None] + mid[..., None] * d[:, None] - lo) / vs).floor().long().clamp(0, r - 1)    # [m, S, 3]
+    cell = vox // b
+    brick = index[(cell[..., 0] * c + cell[..., 1]) * c + cell[..., 2]]
+    local = vox - cell * b
+    voxel = brick * b**3 + (local[..., 0] * b + local[..., 1]) * b + local[..., 2]
+    ray, si = ((brick >= 0) & (seg > 0)).nonzero(as_tuple=True)
+    return ray, voxel[ray, si], torch.stack([ts[ray, si], ts[ray, si + 1]], -1)
+
+
+def composite_segments(sigma: Float[Tensor, " n"], coef: Float[Tensor, "n 3 K"], ray: Int[Tensor, " n"],
+                       t: Float[Tensor, "n 2"], dirs: Float[Tensor, "m 3"], sh_degree: int,
+                       background: Float[Tensor, " 3"], eps: float, n_rays: int) -> dict[str, Tensor]:
+    """The image formation of the module docstring on listed segments (packed, ``ray`` non-decreasing,
+    in marching order) with :mod:`fieldcraft.render.compositing`, in the dtype of ``t``, given each
+    segment's density ``sigma`` (>= 0) and SH coefficients ``coef`` (the leaf values of its voxel,
+    gathered by the caller); differentiable with respect to both. Weights of segments whose
+    transmittance is below ``eps`` are zero (early ray termination). Returns ``rgb [m, 3]``,
+    ``opacity [m]``, ``depth [m]``."""
+    import torch
+
+    from fieldcraft.encodings.spherical_harmonics import spherical_harmonics
+    from fieldcraft.render.compositing import accumulate, apply_background, expected_depth, weights_from_densities
+
+    dtype = t.dtype
+    t0, t1 = t[:, 0], t[:, 1]
+    w, trans, _ = weights_from_densities(sigma.to(dtype), t0, t1, ray)
+    w = torch.where(trans >= eps, w, torch.zeros_like(w))
+    basis = spherical_harmonics(dirs.to(dtype), sh_degree + 1)                                        # [m, K]
+    colour = (coef.to(dtype) * basis[ray, None, :]).sum(-1).clamp(0, 1)                              # [n, 3]
+    opacity = accumulate(w, None, ray, n_rays)                                                      # [m, 1]
+    rgb = apply_background(accumulate(w, colour, ray, n_rays), opacity, background.to(dtype))
+    depth = expected_depth(w, 0.5 * (t0 + t1), ray, n_rays)
+    return {"rgb": rgb, "opacity": opacity[:, 0], "depth": depth[:, 0]}
+
+
+class RaySegments:
+    """Lists the segments rays composite (no gradient): :func:`fieldcraft.kernels.octree.ray_segments`
+    on the numba path (:func:`use_fast_kernels`), else :func:`reference_segments` on ``device``.
+    With :func:`composite_segments` this is the renderer, differentiable in the leaf values."""
+
+    def __init__(self, tree: Octree, device: str | None = None) -> None:
         import torch
 
-        from fieldcraft.encodings.spherical_harmonics import spherical_harmonics
-        from fieldcraft.render.rays import ray_aabb
+        self.tree, self.device = tree, torch.device(device or "cpu")
+        self.fast = use_fast_kernels(device)
+        if self.fast:
+            from fieldcraft.kernels.octree import Grid
 
-        tree, r, b = self.tree, self.tree.resolution, self.tree.brick
-        c = r // b
-        lo, hi = self.aabb[0], self.aabb[1]
-        vs = (hi - lo) / r
-        t_in, t_out = ray_aabb(o, d, self.aabb)
-        t0 = t_in.clamp(min=tree.near)
-        t1 = torch.maximum(t_out.clamp(max=tree.far), t0)
-        planes = lo[:, None] + torch.arange(r + 1, device=o.device, dtype=o.dtype)[None] * vs[:, None]    # [3, R+1]
-        safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-        cross = ((planes[None] - o[:, :, None]) / safe[:, :, None]).reshape(len(o), -1)                # [m, 3(R+1)]
-        cross = torch.where((cross > t0[:, None]) & (cross < t1[:, None]), cross, t1[:, None])
-        ts = torch.cat([t0[:, None], cross, t1[:, None]], 1).sort(1).values                            # [m, S+1]
-        seg = ts[:, 1:] - ts[:, :-1]
-        mid = 0.5 * (ts[:, 1:] + ts[:, :-1])
-        pts = o[:, None] + mid[..., None] * d[:, None]
-        vox = ((pts - lo) / vs).floor().long().clamp(0, r - 1)                                          # [m, S, 3]
-        cell = vox // b
-        brick = self.index[(cell[..., 0] * c + cell[..., 1]) * c + cell[..., 2]]
-        local = vox - cell * b
-        li = (local[..., 0] * b + local[..., 1]) * b + local[..., 2]
-        sigma = torch.where((brick >= 0) & (seg > 0), self.density[brick.clamp(min=0), li].double(),
-                            torch.zeros_like(seg))
-        alpha = 1.0 - torch.exp(-sigma * seg)
-        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
-        w = torch.where(trans >= eps, trans * alpha, torch.zeros_like(alpha))
-        opacity = w.sum(1)
-        depth = (w * mid).sum(1) / opacity.clamp(min=1e-10)
-        ri, si = (w > 0).nonzero(as_tuple=True)
-        basis = spherical_harmonics(d, tree.sh_degree + 1)                                              # [m, K]
-        coef = self.sh[brick[ri, si], li[ri, si]].double()                                              # [n, 3, K]
-        colour = (coef * basis[ri, None, :]).sum(-1).clamp(0, 1)
-        rgb = torch.zeros(len(o), 3, dtype=o.dtype, device=o.device).index_add_(0, ri, w[ri, si, None] * colour)
-        rgb = rgb + (1.0 - opacity)[:, None] * self.background
-        return {"rgb": rgb, "depth": depth, "opacity": opacity}
+            self.grid = Grid(tree)
+        else:
+            self.index = torch.as_tensor(tree.brick_index(), dtype=torch.long, device=self.device)
+            self.aabb = torch.as_tensor(tree.aabb, dtype=torch.float64, device=self.device)
+
+    def __call__(self, origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], density: Float[Tensor, " NV"],
+                 eps: float = 1e-3, empty: bool = True, chunk: int = 2048
+                 ) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Float[Tensor, "n 2"]]:
+        """``ray [n]``, flat ``voxel [n]`` and float64 ``t [n, 2]`` on the device, for rays with unit
+        ``dirs``, inside occupied bricks (``empty``: voxels of zero ``density`` too). ``density``
+        (the current leaf values) also decides where the numba path stops listing (early
+        termination); the reference path lists every segment."""
+        import torch
+
+        if self.fast:
+            from fieldcraft.kernels.octree import ray_segments
+
+            ray, voxel, t = ray_segments(self.grid, origins.detach().cpu().double().numpy(),
+                                         dirs.detach().cpu().double().numpy(), eps, density.detach().cpu().numpy(),
+                                         empty)
+            return (torch.from_numpy(ray).to(self.device), torch.from_numpy(voxel).to(self.device),
+                    torch.from_numpy(t).to(self.device))
+        parts = []
+        o64, d64 = origins.detach().to(self.device, torch.float64), dirs.detach().to(self.device, torch.float64)
+        for start in range(0, len(o64), chunk):
+            ray, voxel, t = reference_segments(self.tree, self.index, self.aabb, o64[start:start + chunk],
+                                               d64[start:start + chunk])
+            if not empty:
+                keep = density.detach()[voxel] > 0
+                ray, voxel, t = ray[keep], voxel[keep], t[keep]
+            parts.append((ray + start, voxel, t))
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return empty, empty, torch.zeros(0, 2, dtype=torch.float64, device=self.device)
+        return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]

@@ -152,18 +152,33 @@ def _adam_torch(p, grad, m, v, step_size, bc2_sqrt, beta1, beta2, eps, weight_de
 if _HAVE_NUMBA:
 
     @njit(inline="always", error_model="numpy")
+    def _adam_element(pk, gk, mk, vk, w1, b2, w2, step_size, bc2_sqrt, eps, wd):
+        """One element's Adam update: new ``(p, m, v)`` (torch.optim.Adam's arithmetic)."""
+        one = np.float32(1.0)
+        if wd != 0:
+            gk = gk + wd * pk
+        mk = mk + w1 * (gk - mk) if w1 < 0.5 else gk - (gk - mk) * (one - w1)  # torch.lerp
+        vk = vk * b2 + w2 * (gk * gk)
+        return pk - step_size * (mk / (np.sqrt(vk) / bc2_sqrt + eps)), mk, vk
+
+    @njit(inline="always", error_model="numpy")
     def _adam_span(p, g, m, v, lo, hi, w1, b2, w2, step_size, bc2_sqrt, eps, wd):
         """Adam on flat elements ``lo:hi`` (a branch-free loop from 0 that LLVM vectorises)."""
-        one = np.float32(1.0)
         p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
         for k in range(hi - lo):
-            gk = g[k] + wd * p[k] if wd != 0 else g[k]
-            mk = m[k]
-            mk = mk + w1 * (gk - mk) if w1 < 0.5 else gk - (gk - mk) * (one - w1)  # torch.lerp
-            vk = v[k] * b2 + w2 * (gk * gk)
-            m[k] = mk
-            v[k] = vk
-            p[k] = p[k] - step_size * (mk / (np.sqrt(vk) / bc2_sqrt + eps))
+            p[k], m[k], v[k] = _adam_element(p[k], g[k], m[k], v[k], w1, b2, w2, step_size, bc2_sqrt, eps, wd)
+
+    @njit(inline="always", error_model="numpy")
+    def _adam_span_masked(p, g, m, v, lo, hi, emask, w1, b2, w2, step_size, bc2_sqrt, eps, wd):
+        """:func:`_adam_span` on flat elements ``lo:hi`` where ``emask[k - lo]``; the others keep their
+        values (selects, not branches, so the loop still vectorises when touched rows are scattered)."""
+        p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+        for k in range(hi - lo):
+            pk, mk, vk = _adam_element(p[k], g[k], m[k], v[k], w1, b2, w2, step_size, bc2_sqrt, eps, wd)
+            t = emask[k]
+            m[k] = mk if t else m[k]
+            v[k] = vk if t else v[k]
+            p[k] = pk if t else p[k]
 
     @njit(parallel=True, cache=True, error_model="numpy")
     def _adam_rows(p, g, m, v, w1, b2, w2, step_size, bc2_sqrt, eps, wd, sparse, nblocks):
@@ -171,6 +186,7 @@ if _HAVE_NUMBA:
         rows, cols = p.shape
         pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
         for b in prange(nblocks):
+            emask = np.empty(256 * cols, np.bool_)
             r0 = rows * b // nblocks
             r1 = rows * (b + 1) // nblocks
             if not sparse:
@@ -186,9 +202,11 @@ if _HAVE_NUMBA:
                 if nonzero == (c1 - c0) * cols:
                     _adam_span(pf, gf, mf, vf, c0 * cols, c1 * cols, w1, b2, w2, step_size, bc2_sqrt, eps, wd)
                     continue
-                for r in range(c0, c1):
+                for r in range(c0, c1):  # element mask of the touched rows, then one branch-free pass
                     touched = False
                     for j in range(cols):
                         touched |= g[r, j] != 0
-                    if touched:
-                        _adam_span(pf, gf, mf, vf, r * cols, (r + 1) * cols, w1, b2, w2, step_size, bc2_sqrt, eps, wd)
+                    for j in range(cols):
+                        emask[(r - c0) * cols + j] = touched
+                _adam_span_masked(pf, gf, mf, vf, c0 * cols, c1 * cols, emask, w1, b2, w2, step_size, bc2_sqrt, eps,
+                                  wd)

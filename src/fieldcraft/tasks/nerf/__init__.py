@@ -13,6 +13,8 @@ compositing over a background -> MSE against the pixels. By stage:
   SSIM of a split), :func:`render_orbit` (video);
 - :mod:`~fieldcraft.tasks.nerf.blocks`: a scene fitted as overlapping blocks of cameras, one field
   each, composited per view (Block-NeRF; ``fit nerf --blocks``).
+- :mod:`~fieldcraft.tasks.nerf.features`: feature fields distilled from 2-D feature maps into a
+  fitted run, 3-D selection by feature or clicked pixel, remove / recolour edits (DFF).
 
 Generic pieces live below the task: rays and ray batches (:mod:`fieldcraft.render.rays`),
 samplers, compositing, occupancy grids, camera paths (:mod:`fieldcraft.render.cameras`), depth

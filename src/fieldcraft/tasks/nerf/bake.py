@@ -20,6 +20,12 @@
    directions the cameras see decide the fit, not colours the field was never trained on (seen
    from inside an object).
 
+Optionally (``export nerf --finetune-steps N``), :func:`finetune` then optimises the leaf values
+(every kept voxel's density and SH coefficients, the structure fixed) on the training images with
+the photometric MSE (PlenOctrees sec. 4.3): :class:`OctreeLeaves` renders batches of training rays
+with the image formation of ``eval --octree``, differentiably, and :class:`LazyAdam` updates the
+voxels the rays reached, on the training core (progress, Ctrl-C, atomic writes of the file).
+
 Forward-facing (NDC) scenes are refused: their box is in normalised device coordinates.
 """
 
@@ -33,14 +39,16 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from fieldcraft.config import Config
 from fieldcraft.encodings.spherical_harmonics import spherical_harmonics
 from fieldcraft.errors import FieldcraftError, check
+from fieldcraft.fields.radiance import RadianceField
 from fieldcraft.io.octree_file import MAX_SH_DEGREE, Octree
 from fieldcraft.tasks.nerf.model import NerfModel, background_colour
 from fieldcraft.tasks.nerf.outputs import fitted_views, load_model
+from fieldcraft.train import Objective, ScheduleConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +242,9 @@ def bake(out_dir: str | Path, config: BakeConfig = BakeConfig(), device: str | N
     model, meta = load_model(out_dir, device=device)
     if model.ndc:
         raise FieldcraftError(f"{out_dir}: baking a forward-facing (NDC) scene is not supported")
+    if not isinstance(model.field, RadianceField):
+        raise FieldcraftError(f"{out_dir}: baking needs a field with a network (preset {model.config.preset!r} "
+                              f"has none; its grid already holds density and SH colour)")
     r, b = config.resolution, config.brick
     coarse = r // b
     lo, hi = (t.detach().cpu().double().numpy() for t in model.aabb)
@@ -279,3 +290,235 @@ def bake(out_dir: str | Path, config: BakeConfig = BakeConfig(), device: str | N
                   float(views.near), float(views.far), source)
     stats["seconds"] = {k2: round(v, 2) for k2, v in times.items()}
     return tree, stats
+
+
+# ------------------------------------------------------------------------------------ fine-tuning
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(Config):
+    """Fine-tuning a baked grid on the training images (PlenOctrees sec. 4.3). Fields:
+
+    - ``batch_rays``: training rays per step, drawn uniformly from every pixel of every training image.
+    - ``lr_density``: Adam learning rate of the densities (per world unit).
+    - ``lr_sh``: Adam learning rate of the SH coefficients.
+    - ``betas``, ``eps``: Adam's moment decays and epsilon (only voxels a step's rays reach are updated).
+    - ``grow``: whether voxels of zero density (in the kept bricks) take part and may gain density
+      (False: they stay empty, and a voxel whose density reaches 0 stays empty).
+    - ``schedule``: learning-rate factor over the budget (:class:`~fieldcraft.train.ScheduleConfig`).
+    - ``seed``: seed of the ray batches.
+    """
+
+    type_name = "OctreeFinetune"
+    batch_rays: int = 4096
+    lr_density: float = 1.0
+    lr_sh: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    grow: bool = False
+    schedule: ScheduleConfig = dataclasses.field(default_factory=lambda: ScheduleConfig(kind="cosine", final_factor=0.1))
+    seed: int = 0
+
+    def check(self) -> None:
+        check(self.batch_rays >= 1, f"--finetune-batch must be >= 1, got {self.batch_rays}")
+        check(self.lr_density >= 0 and self.lr_sh >= 0 and math.isfinite(self.lr_density + self.lr_sh),
+              f"fine-tuning learning rates must be finite and >= 0, got {self.lr_density}, {self.lr_sh}")
+
+    def build(self, leaves: nn.Module) -> torch.optim.Optimizer:
+        """:class:`LazyAdam` over the leaf tensors of :class:`OctreeLeaves` (sparse gradients)."""
+        groups = [{"params": [leaves.density], "lr": self.lr_density}, {"params": [leaves.sh], "lr": self.lr_sh}]
+        return LazyAdam(groups, betas=tuple(self.betas), eps=self.eps)
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Adam on the rows of sparse gradients: only the voxels a step's rays reached are read and
+    updated, parameters and moments alike (the semantics of ``torch.optim.SparseAdam``; the update
+    is :func:`fieldcraft.train.row_sparse_adam.adam_update` on the gathered rows, about twice as
+    fast as ``SparseAdam`` on the CPU)."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        from fieldcraft.train.row_sparse_adam import adam_update
+
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                grad = p.grad.coalesce() if p.grad.is_sparse else p.grad.to_sparse(1).coalesce()
+                rows = grad.indices()[0]
+                sub = [t.index_select(0, rows) for t in (p.data, state["exp_avg"], state["exp_avg_sq"])]
+                adam_update(sub[0], grad.values().contiguous(), sub[1], sub[2], float(state["step"]), lr=group["lr"],
+                            beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], weight_decay=0.0,
+                            sparse_rows=False)
+                for t, s in zip((p.data, state["exp_avg"], state["exp_avg_sq"]), sub):
+                    t.index_copy_(0, rows, s)
+
+
+class OctreeLeaves(nn.Module):
+    """The leaf values of a baked grid as parameters: ``density [N B^3, 1]`` and ``sh [N B^3, 3 K]``,
+    the structure (bricks, box, background, near/far) fixed. :meth:`forward` renders rays with the
+    image formation of ``eval --octree`` (:mod:`fieldcraft.render.octree`), differentiably; the
+    leaf values of the voxels the rays cross are gathered as embeddings, so their gradients are
+    sparse (rows of the voxels reached)."""
+
+    def __init__(self, tree: Octree, device: str | torch.device | None = None) -> None:
+        from fieldcraft.render.octree import RaySegments
+
+        super().__init__()
+        device = torch.device(device or "cpu")
+        self.tree = tree
+        n, v = tree.density.shape
+        # copies: training never writes into the arrays of ``tree``
+        self.density = nn.Parameter(torch.tensor(tree.density, dtype=torch.float32, device=device).reshape(n * v, 1))
+        self.sh = nn.Parameter(torch.tensor(tree.sh, dtype=torch.float32, device=device).reshape(n * v, -1))
+        self.register_buffer("background", torch.as_tensor(tree.background, dtype=torch.float32, device=device))
+        self.segments = RaySegments(tree, str(device))
+
+    def forward(self, origins: Float[Tensor, "m 3"], dirs: Float[Tensor, "m 3"], eps: float = 1e-3,
+                dtype: torch.dtype = torch.float32, empty: bool = True) -> dict[str, Tensor]:
+        """``rgb [m, 3]`` (over the grid's background), ``opacity [m]``, ``depth [m]`` of rays with unit
+        ``dirs`` (:func:`fieldcraft.render.octree.composite_segments`, computed in ``dtype``).
+        ``empty=False`` leaves voxels of zero density out (the same render; they get no gradient)."""
+        from fieldcraft.render.octree import composite_segments
+
+        ray, voxel, t = self.segments(origins, dirs, self.density.detach().reshape(-1), eps, empty)
+        sigma = nn.functional.embedding(voxel, self.density, sparse=True)[:, 0]
+        coef = nn.functional.embedding(voxel, self.sh, sparse=True).reshape(len(voxel), 3, -1)
+        return composite_segments(sigma, coef, ray, t.to(dtype), dirs, self.tree.sh_degree, self.background, eps,
+                                  len(origins))
+
+    @torch.no_grad()
+    def octree(self, source: dict[str, Any] | None = None) -> Octree:
+        """The grid with the current leaf values (densities clamped at 0)."""
+        tree = self.tree
+        return dataclasses.replace(tree, density=self.density.clamp(min=0).reshape(tree.density.shape).cpu().numpy(),
+                                   sh=self.sh.reshape(tree.sh.shape).cpu().numpy(),
+                                   source=tree.source if source is None else source)
+
+
+def training_rays(views: Any, background: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+    """Every pixel of ``views`` as a ray: origins, unit directions (as the renderer computes them,
+    float32) and colours composited on ``background``, each ``[P, 3]``."""
+    from fieldcraft.data.scene import composite
+    from fieldcraft.render.octree import camera_rays_numpy
+
+    cams = views.cameras
+    bg = torch.as_tensor(background, dtype=torch.float32)
+    origins, dirs, colours = [], [], []
+    for k in range(len(views)):
+        o, d = camera_rays_numpy(cams.c2w[k].cpu().double().numpy(), float(cams.fx[k]), float(cams.fy[k]),
+                                 float(cams.cx[k]), float(cams.cy[k]), cams.height, cams.width)
+        origins.append(torch.from_numpy(o).float())
+        dirs.append(torch.from_numpy(d).float())
+        colours.append(composite(views.image(k).float(), bg).reshape(-1, 3))
+    return torch.cat(origins), torch.cat(dirs), torch.cat(colours)
+
+
+class Photometric(Objective):
+    """Mean squared error between rendered and observed colours of a random batch of training rays;
+    after each step, densities are clamped at 0. Voxels of zero density are rendered (and may gain
+    density) only with ``config.grow``."""
+
+    def __init__(self, leaves: OctreeLeaves, rays: tuple[Tensor, Tensor, Tensor], config: FinetuneConfig,
+                 eps: float = 1e-3) -> None:
+        device = leaves.density.device
+        self.leaves, self.config, self.render_eps = leaves, config, eps
+        self.origins, self.dirs, self.colours = (r.to(device) for r in rays)
+        self.generators = {"rays": torch.Generator().manual_seed(config.seed)}
+
+    def loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, float]]:
+        from fieldcraft.metrics import psnr_from_mse
+
+        idx = torch.randint(len(self.origins), (self.config.batch_rays,), generator=self.generators["rays"])
+        idx = idx.to(self.origins.device)
+        out = model(self.origins[idx], self.dirs[idx], self.render_eps, empty=self.config.grow)
+        mse = ((out["rgb"] - self.colours[idx]) ** 2).mean()
+        return mse, {"psnr": psnr_from_mse(float(mse.detach()))}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        self.leaves.density.clamp_(min=0)
+
+
+def finetune(tree: Octree, views: Any, out: str | Path, config: FinetuneConfig, budget: Any,
+             device: str | None = None, progress: bool = True, checkpoint_seconds: float = 60.0
+             ) -> tuple[Octree, dict[str, Any]]:
+    """Optimise the leaf values of ``tree`` on the training ``views`` (module docstring of
+    :mod:`fieldcraft.render.octree` for the image formation) under ``budget`` (a
+    :class:`~fieldcraft.train.Budget`) on the training core: Adam, progress bar, and the file
+    ``out`` written atomically at the start, every ``checkpoint_seconds``, at the end and when
+    Ctrl-C / SIGTERM stops it. Returns the tuned grid and a summary (steps, seconds, ``stopped``,
+    training PSNR of the first and last steps' batches)."""
+    from fieldcraft.io.octree_file import save_octree
+    from fieldcraft.train import Trainer
+
+    config.check()
+    check(len(tree.bricks) > 0, f"{out}: the octree is empty: nothing to fine-tune")
+    leaves = OctreeLeaves(tree, device)
+    objective = Photometric(leaves, training_rays(views, tree.background), config)
+    settings = {"data": str(views.source), "views": len(views), **config.to_dict()}
+
+    def source(step: int, seconds: float, stopped: str | None = None) -> dict[str, Any]:
+        return {**tree.source, "finetune": {**settings, "steps": step, "seconds": round(seconds, 2),
+                                            **({"stopped": stopped} if stopped else {})}}
+
+    def write(trainer: Trainer, step: int, seconds: float) -> None:
+        save_octree(out, leaves.octree(source(step, seconds)))
+
+    trainer = Trainer(leaves, objective, config, budget, checkpoint=write, checkpoint_seconds=checkpoint_seconds,
+                      description="finetune octree", progress=progress)
+    outcome = trainer.run()
+    tuned = leaves.octree(source(outcome.step, outcome.seconds, outcome.stopped))
+    if outcome.stopped:
+        save_octree(out, tuned)  # the last write, now naming the signal
+    psnrs = outcome.history.column("psnr")
+    k = max(1, min(10, len(psnrs) // 4))
+    summary = {"steps": outcome.step, "seconds": outcome.seconds, "stopped": outcome.stopped,
+               "train_psnr_first": float(np.mean(psnrs[:k])) if psnrs else math.nan,
+               "train_psnr_last": float(np.mean(psnrs[-k:])) if psnrs else math.nan}
+    return tuned, summary
+
+
+def export_octree(out_dir: str | Path, out: str | Path, config: BakeConfig = BakeConfig(),
+                  finetune_config: FinetuneConfig = FinetuneConfig(), finetune_budget: Any = None,
+                  start: str | Path | None = None, data_path: str | Path | None = None, device: str | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """``fieldcraft export nerf --format octree``: bake the run ``out_dir`` (or, with ``start``, read
+    that baked file instead), fine-tune it on the run's training images (or those of ``data_path``)
+    when ``finetune_budget`` (a :class:`~fieldcraft.train.Budget`) is given, and write ``out``.
+    Returns a summary: ``bricks``, ``voxels``, ``path``, and ``finetune`` (see :func:`finetune`)."""
+    from fieldcraft.io.octree_file import load_octree, save_octree
+    from fieldcraft.tasks.nerf.baked import run_header
+
+    if finetune_budget is None:
+        check(start is None and data_path is None,
+              "--octree and --data choose what to fine-tune on: give --finetune-steps or --finetune-seconds")
+    if finetune_budget is not None:
+        finetune_config.check()
+        meta = run_header(out_dir)
+        views = fitted_views(meta, data_path, "train")  # before baking: a missing dataset fails fast
+        if views.ndc:
+            raise FieldcraftError(f"{views.source}: a forward-facing (NDC) dataset cannot be rendered from an octree")
+        if views.cameras.distorted:
+            raise FieldcraftError(f"{views.source}: octree fine-tuning supports pinhole cameras only (no lens distortion)")
+    if start is not None:
+        tree = load_octree(start)
+        stats: dict[str, Any] = {"bricks": len(tree.bricks), "voxels": int((tree.density > 0).sum())}
+    else:
+        tree, stats = bake(out_dir, config, device=device, progress=progress)
+    if finetune_budget is None:
+        save_octree(out, tree)
+    else:
+        tree, stats["finetune"] = finetune(tree, views, out, finetune_config, finetune_budget, device=device,
+                                           progress=progress)
+        stats["voxels"] = int((tree.density > 0).sum())
+    stats["path"] = Path(out)
+    return stats

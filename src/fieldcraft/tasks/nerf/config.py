@@ -6,6 +6,7 @@
 | ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb, coarse + fine field | 64 stratified + 128 importance | 1024 rays | 5e-4, ``exp`` | NeRF paper |
 | ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified over the ray's stretch through the visual hull | one full image | 5e-4, ``exp`` | tiny-NeRF notebook |
 | ``tensorf`` | TensoRF VM (R=128 after doubling at steps 150 and 300, 24 components per mode) -> linear -> density + 27 features; SH degree 4 -> 64x2 -> rgb | as ``instant``, in the silhouette box | as ``instant`` | 2e-2, ``steps`` | TensoRF |
+| ``plenoxels`` | no network: a voxel grid of density + SH degree 3 (9 x 3 coefficients) per vertex, 16 -> 32 -> 64 cells per axis (doubling at steps 200 and 500, pruning sigma < 1), no TV (weights 0) | as ``instant``, in the silhouette box | ~2^16 samples | 5e-2, ``steps`` | Plenoxels |
 | ``nerfacto`` (real captures) | contracted space (``contraction``); hash grid (L=16, F=2, T=2^17, N 16..1024) -> 64 -> 16; SH degree 4 + 16-d appearance code per image -> 64x2 -> rgb | occupancy grid 64^3 in contracted space (threshold 0.0025), 128 candidate intervals per ray (linear, then uniform in disparity), early termination | ~2^14 samples | 1e-2, ``steps`` | nerfacto / Mip-NeRF 360 |
 
 ``tiny`` keeps the notebook's network (8x256 ReLU, skip at 5, one output layer to rgb + density,
@@ -34,16 +35,17 @@ from typing import Any
 from fieldcraft.config import Config
 from fieldcraft.encodings import FrequencyEncodingConfig, HashGridConfig, SphericalHarmonicsConfig, TensoRFVMConfig
 from fieldcraft.errors import FieldcraftError, check
+from fieldcraft.fields.plenoxels import PlenoxelFieldConfig
 from fieldcraft.fields.radiance import RadianceFieldConfig
 from fieldcraft.train import OptimizerConfig, ScheduleConfig
 from fieldcraft.train.optimizers import instant_ngp
 
 TASK = "nerf"
-PRESETS = ("instant", "vanilla", "tiny", "tensorf", "nerfacto")
+PRESETS = ("instant", "vanilla", "tiny", "tensorf", "nerfacto", "plenoxels")
 DEFAULT_PRESET = "instant"
 BACKGROUNDS = ("white", "black", "random")
 BOXES = ("dataset", "silhouette", "hull")
-SAMPLERS = ("occupancy", "stratified")
+SAMPLERS = ("occupancy", "stratified", "proposal")
 SCHEDULES = {
     "steps": ScheduleConfig(kind="steps", warmup_steps=100, milestones=(0.5, 0.75, 0.9), gamma=0.33),
     "exp": ScheduleConfig(kind="exp", final_factor=0.1),
@@ -58,7 +60,8 @@ class NerfConfig(Config):
     - ``preset``: name of the preset this config came from (informative).
     - ``field``: the radiance field (coarse field when ``n_importance > 0``).
     - ``fine_field``: NeRF's second field for the importance samples, or None.
-    - ``sampler``: ``occupancy`` (marching through an occupancy grid) or ``stratified``.
+    - ``sampler``: ``occupancy`` (marching through an occupancy grid), ``stratified``, or ``proposal``
+      (density-only proposal fields say where to sample, :mod:`fieldcraft.render.proposal`).
     - ``n_samples``: stratified samples per ray; ``n_importance``: extra PDF samples (fine pass).
     - ``render_steps``: occupancy marching steps across the scene box diagonal (step size =
       diagonal / render_steps; along ``t`` in ``[0, 1]`` for NDC scenes: 1 / render_steps).
@@ -108,6 +111,18 @@ class NerfConfig(Config):
       ``ema <- d * ema + (1 - d) * w`` after every step, ``d = min(ema_decay, (1 + step) / (10 + step))``),
       saved in the checkpoint and used by evaluation and rendering (0: off).
     - ``seed``: seeds weights, batches and jitter.
+    - ``distortion_weight``: weight of Mip-NeRF 360's distortion loss (mean over the batch's rays of
+      :func:`fieldcraft.render.losses.distortion_loss` in normalised ray distance) in the training loss
+      (0: off; ``occupancy`` and ``proposal`` samplers).
+    - ``proposal_samples``: ``proposal`` sampler: intervals per ray drawn for each proposal field (the
+      first uniform in normalised ray distance, each next from the previous field's histogram), the
+      last entry those of the radiance field (nerfstudio: 256, 96, 48).
+    - ``proposal_resolutions``: finest hash-grid resolution of each proposal field (one per field,
+      ``len(proposal_samples) - 1`` of them; :class:`fieldcraft.render.proposal.ProposalField`).
+    - ``interlevel_weight``: weight of the proposal fields' interlevel loss (Mip-NeRF 360 eq. 13,
+      :func:`fieldcraft.render.proposal.interlevel_loss`, mean over rays and radiance-field intervals).
+    - ``proposal_anneal_steps``: steps over which the proposal histograms' annealing exponent rises
+      from 0 to 1 (:func:`fieldcraft.render.proposal.anneal_power`; 0: none).
     """
 
     type_name = "Nerf"
@@ -145,14 +160,29 @@ class NerfConfig(Config):
     pose_lr: float = 1e-3
     c2f_start: float = 0.1
     c2f_end: float = 0.5
+    distortion_weight: float = 0.0
+    proposal_samples: tuple[int, ...] = (96, 48, 32)
+    proposal_resolutions: tuple[int, ...] = (128, 256)
+    interlevel_weight: float = 1.0
+    proposal_anneal_steps: int = 200
 
     def __post_init__(self) -> None:
         check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r} (use {'|'.join(SAMPLERS)})")
         check(self.background in BACKGROUNDS, f"unknown background {self.background!r} (use {'|'.join(BACKGROUNDS)})")
         check(self.box in BOXES, f"unknown box {self.box!r} (use {'|'.join(BOXES)})")
         check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (use {'|'.join(SCHEDULES)})")
-        check(not self.contraction or self.sampler == "occupancy", "contraction needs the occupancy sampler")
+        check(not self.contraction or self.sampler in ("occupancy", "proposal"),
+              "contraction needs the occupancy or proposal sampler")
+        check(self.distortion_weight >= 0, f"distortion_weight must be >= 0, got {self.distortion_weight}")
+        check(self.distortion_weight == 0 or self.sampler != "stratified",
+              "the distortion loss needs the occupancy or proposal sampler")
+        check(len(self.proposal_samples) == len(self.proposal_resolutions) + 1 >= 2
+              and all(n > 0 for n in self.proposal_samples),
+              f"proposal_samples {self.proposal_samples} needs one positive count per proposal field "
+              f"({len(self.proposal_resolutions)}) plus the radiance field's")
         check(self.appearance_dim >= 0, f"appearance_dim must be >= 0, got {self.appearance_dim}")
+        check(not isinstance(self.field, PlenoxelFieldConfig) or (self.appearance_dim == 0 and not self.pose_refine),
+              "a Plenoxel field (a voxel grid, no network) takes no appearance codes and no camera refinement")
         check(self.pose_lr > 0, f"pose_lr must be > 0, got {self.pose_lr}")
         check(0 <= self.c2f_start <= 1 and 0 <= self.c2f_end <= 1,
               f"c2f_start and c2f_end must be in [0, 1], got {self.c2f_start}, {self.c2f_end}")
@@ -188,6 +218,12 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
             color_width=64, color_layers=2, density_activation="trunc_exp", density_bias=-1.0)
         cfg = NerfConfig(preset=preset, field=field, sampler="occupancy", render_steps=128 if ndc else 256, rays=256,
                          target_samples=1 << 14, lr=2e-2, schedule="steps", background="random",
+                         box="dataset" if ndc else "silhouette")
+    elif preset == "plenoxels":  # a voxel grid of density + SH, no network (docs/encodings.md "Plenoxels")
+        field = PlenoxelFieldConfig(resolution=64, sh_degree=3, upsample_steps=(200, 500), density_scale=100.0,
+                                    density_init=0.01, tv_density=0.0, tv_sh=0.0, prune_density=1.0)  # TV: see docs
+        cfg = NerfConfig(preset=preset, field=field, sampler="occupancy", render_steps=128 if ndc else 256, rays=256,
+                         target_samples=1 << 16, lr=5e-2, schedule="steps", background="random",
                          box="dataset" if ndc else "silhouette")
     elif preset == "vanilla":
         field = RadianceFieldConfig(

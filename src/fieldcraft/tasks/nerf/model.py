@@ -31,8 +31,10 @@ from fieldcraft.fields.appearance import AppearanceField
 from fieldcraft.fields.radiance import RadianceField
 from fieldcraft.render.compositing import accumulate, apply_background, weights_from_densities
 from fieldcraft.render.contraction import CONTRACTED_BOX, contract, contracted_march, contraction_scale
+from fieldcraft.render.losses import distance_from_normalized, normalized_distance
 from fieldcraft.render.occupancy_grid import BinaryGrid, OccupancyGrid, march, occupied_range, termination_mask
 from fieldcraft.render.pose_refinement import PoseCorrections
+from fieldcraft.render.proposal import ProposalField, anneal_power, interlevel_loss, pdf_edges, uniform_edges
 from fieldcraft.render.rays import Rays, make_rays, pixel_centres
 from fieldcraft.render.samplers import interval_points, merge_edges, sample_pdf, stratified_edges
 from fieldcraft.tasks.nerf.config import NerfConfig
@@ -47,6 +49,17 @@ def background_colour(name: str, device: torch.device | str = "cpu") -> Float[Te
     ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     """
     return torch.zeros(3, device=device) if name == "black" else torch.ones(3, device=device)
+
+
+def hit_samples(part: Rendered, idx: Int[Tensor, " h"], m: int) -> Rendered:
+    """The sample outputs of :meth:`NerfModel.render` (``with_samples``) for the rays ``idx`` of ``m``
+    as outputs for all ``m``: ray indices mapped to ``idx``, ``interlevel`` 0 for the other rays."""
+    out = {k: part[k] for k in ("s_starts", "s_ends", "weights") if k in part}
+    if "ray_indices" in part:
+        out["ray_indices"] = idx[part["ray_indices"]]
+    if "interlevel" in part:
+        out["interlevel"] = part["interlevel"].new_zeros(m).index_copy(0, idx, part["interlevel"])
+    return out
 
 
 class NerfModel(nn.Module):
@@ -79,6 +92,8 @@ class NerfModel(nn.Module):
             self.field = config.field.build(aabb)
         self.fine = config.fine_field.build(aabb) if config.fine_field is not None and config.n_importance > 0 else None
         self.grid = OccupancyGrid(aabb, config.grid_resolution) if config.sampler == "occupancy" else None
+        self.proposals = (nn.ModuleList([ProposalField(aabb, r) for r in config.proposal_resolutions])
+                          if config.sampler == "proposal" else None)  # density-only fields of the proposal sampler
         self.hull = BinaryGrid(aabb, config.hull_resolution) if config.box == "hull" and not ndc else None
         diag = float((aabb[1] - aabb[0]).norm())
         self.step_size = (1.0 if ndc else diag) / config.render_steps
@@ -154,31 +169,45 @@ class NerfModel(nn.Module):
             self.grid.update(step, self.grid_density, self.step_size, c.grid_decay, c.grid_threshold, c.grid_warmup)
 
     # --- rendering
-    def render(self, rays: Rays, background: Float[Tensor, "#m 3"], train: bool = False, step: int | None = None
-               ) -> Rendered:
+    def render(self, rays: Rays, background: Float[Tensor, "#m 3"], train: bool = False, step: int | None = None,
+               with_samples: bool = False) -> Rendered:
         """Render rays: ``rgb`` ``[m, 3]`` (over ``background``, one colour or one per ray), ``opacity``
         ``[m, 1]``, ``depth`` ``[m, 1]`` (expected distance along the ray where opaque; NDC ``t`` for NDC
         scenes), ``samples`` (int), and ``rgb_coarse`` for a model with a fine field.
-        ``train`` jitters the samples. Rays with an empty range show the background and cost nothing."""
+        ``train`` jitters the samples. Rays with an empty range show the background and cost nothing.
+        ``with_samples`` (``occupancy`` and ``proposal`` samplers) adds the radiance field's packed
+        samples for the distortion loss: ``ray_indices``, ``s_starts``, ``s_ends`` (normalised ray
+        distance, :func:`~fieldcraft.render.losses.normalized_distance`), ``weights`` ``[s]``, and for
+        ``proposal`` the proposal fields' ``interlevel`` loss per ray ``[m]``."""
         hit = rays.t_max > rays.t_min
         if bool(hit.all()):
-            return self._render_hits(rays, background, train, step)
+            return self._render_hits(rays, background, train, step, with_samples)
         m = len(rays)
         bg = background.expand(m, 3)
         idx = hit.nonzero().squeeze(-1)
         empty = {"rgb": bg, "rgb_coarse": bg, "opacity": bg.new_zeros(m, 1), "depth": bg.new_zeros(m, 1)}
         if len(idx) == 0:
             return {"rgb": bg.clone(), "opacity": empty["opacity"], "depth": empty["depth"], "samples": 0}
-        part = self._render_hits(rays[idx], bg[idx], train, step)
-        return {k: v if k == "samples" else empty[k].index_copy(0, idx, v) for k, v in part.items()}
+        part = self._render_hits(rays[idx], bg[idx], train, step, with_samples)
+        out = {k: v if k == "samples" else empty[k].index_copy(0, idx, v) for k, v in part.items()
+               if k in empty or k == "samples"}
+        return out | hit_samples(part, idx, m)
 
-    def _render_hits(self, rays: Rays, background: Tensor, train: bool, step: int | None) -> Rendered:
+    def _render_hits(self, rays: Rays, background: Tensor, train: bool, step: int | None,
+                     with_samples: bool = False) -> Rendered:
+        if self.proposals is not None:
+            return self._render_proposal(rays, background, train, step, with_samples)
         if self.grid is not None:
-            return self._render_packed(rays, background, train, step)
+            return self._render_packed(rays, background, train, step, with_samples)
         return self._render_stratified(rays, background, train)
 
-    def _render_packed(self, rays: Rays, bg: Tensor, train: bool, step: int | None) -> Rendered:
-        c, m = self.config, len(rays)
+    def _march(self, rays: Rays, train: bool, step: int | None, terminate: bool = True
+               ) -> tuple[Int[Tensor, " s"], Float[Tensor, " s"], Float[Tensor, " s"], dict[str, Tensor]]:
+        """The ``occupancy`` sampler's packed intervals ``(ri, t0, t1)`` (no gradient): marched through the
+        grid (jittered when ``train``), then, with ``terminate``, early ray termination after a density
+        pass at the midpoints. The last item is ``{"encoded": ...}``: that pass's position encoding of the
+        kept midpoints, for a :class:`RadianceField` to reuse (:meth:`_shade`), or ``{}``."""
+        c = self.config
         with torch.no_grad():
             if self.contracted:
                 ri, t0, t1 = contracted_march(self.grid, rays.origins, rays.dirs, rays.t_min, rays.t_max, self.box,
@@ -186,24 +215,104 @@ class NerfModel(nn.Module):
             else:
                 ri, t0, t1 = march(self.grid, rays.origins, rays.dirs, rays.t_min, rays.t_max, self.step_size,
                                    jitter=train)
-            if c.early_stop_eps > 0 and len(ri):
-                pts = rays.origins[ri] + (0.5 * (t0 + t1))[:, None] * rays.dirs[ri]
-                sig = self.field.density(self.field_points(pts))
-                alpha_thre = c.alpha_threshold if (step is None or step >= c.grid_warmup) else 0.0
-                keep = termination_mask(sig, t0, t1, ri, c.early_stop_eps, alpha_thre)
-                ri, t0, t1 = ri[keep], t0[keep], t1[keep]
-        mid = 0.5 * (t0 + t1)
-        pts = rays.origins[ri] + mid[:, None] * rays.dirs[ri]
+            if not (terminate and c.early_stop_eps > 0 and len(ri)):
+                return ri, t0, t1, {}
+            fx = self.field_points(rays.origins[ri] + (0.5 * (t0 + t1))[:, None] * rays.dirs[ri])
+            extra = {"encoded": self.field.encode(fx)} if isinstance(self.field, RadianceField) else {}
+            sig = self.field.density(fx, **extra)
+            alpha_thre = c.alpha_threshold if (step is None or step >= c.grid_warmup) else 0.0
+            keep = termination_mask(sig, t0, t1, ri, c.early_stop_eps, alpha_thre)
+            return ri[keep], t0[keep], t1[keep], {k: v[keep] for k, v in extra.items()}
+
+    def _shade(self, points: Float[Tensor, "s 3"], rays: Rays, ri: Int[Tensor, " s"], train: bool,
+               extra: dict[str, Tensor]) -> tuple[Float[Tensor, " s"], Float[Tensor, "s 3"]]:
+        """Density and colour at field ``points`` seen along rays ``ri`` (``extra``: from :meth:`_march`)."""
         if self.config.appearance_dim > 0:  # training images' own codes while training, else the mean code
             camera = rays.camera[ri] if train and rays.camera is not None else None
-            sigma, rgb = self.field(self.field_points(pts), rays.viewdirs[ri], camera)
+            return self.field(points, rays.viewdirs[ri], camera, **extra)
+        return self.field(points, rays.viewdirs[ri], **extra)
+
+    def samples(self, rays: Rays, train: bool = False, step: int | None = None, colour: bool = True,
+                terminate: bool = True) -> dict[str, Tensor]:
+        """The packed samples the ``occupancy`` sampler composites for ``rays`` (each with a non-empty
+        range), as :meth:`render` draws them: ``ri`` (ray of each sample), ``t0``, ``t1``, ``sigma``,
+        ``weights`` ``[s]``, ``points`` ``[s, 3]`` (field coordinates, :meth:`field_points`) and, when
+        ``colour``, ``rgb`` ``[s, 3]``. ``terminate=False`` keeps the samples behind opaque ones (no
+        early termination: what an edit that removes matter needs). For code that composites its own
+        values with the field's weights (feature fields, :mod:`~fieldcraft.tasks.nerf.features`)."""
+        ri, t0, t1, extra = self._march(rays, train, step, terminate)
+        points = self.field_points(rays.origins[ri] + (0.5 * (t0 + t1))[:, None] * rays.dirs[ri])
+        out = {"ri": ri, "t0": t0, "t1": t1, "points": points}
+        if not colour:
+            out["sigma"] = self.field.density(points, **extra)
         else:
-            sigma, rgb = self.field(self.field_points(pts), rays.viewdirs[ri])
+            out["sigma"], out["rgb"] = self._shade(points, rays, ri, train, extra)
+        out["weights"] = weights_from_densities(out["sigma"], t0, t1, ri)[0]
+        return out
+
+    def _render_packed(self, rays: Rays, bg: Tensor, train: bool, step: int | None, with_samples: bool = False
+                       ) -> Rendered:
+        m = len(rays)
+        ri, t0, t1, extra = self._march(rays, train, step)
+        mid = 0.5 * (t0 + t1)
+        sigma, rgb = self._shade(self.field_points(rays.origins[ri] + mid[:, None] * rays.dirs[ri]), rays, ri, train,
+                                 extra)
         w, _, _ = weights_from_densities(sigma, t0, t1, ri)
         colour = accumulate(w, rgb, ri, m)
         opacity = accumulate(w, None, ri, m)
         depth = accumulate(w, mid[:, None], ri, m) / opacity.clamp(min=1e-10)
-        return {"rgb": apply_background(colour, opacity, bg), "opacity": opacity, "depth": depth, "samples": len(ri)}
+        out = {"rgb": apply_background(colour, opacity, bg), "opacity": opacity, "depth": depth, "samples": len(ri)}
+        if with_samples:  # the distortion loss's inputs (render's docstring)
+            s0, s1 = (normalized_distance(x, rays.t_min[ri], rays.t_max[ri], self.inner_half()) for x in (t0, t1))
+            out |= {"ray_indices": ri, "s_starts": s0, "s_ends": s1, "weights": w}
+        return out
+
+    def inner_half(self) -> float | None:
+        """Half the side of the inner box of a contracted model (the unit of its ray spacing,
+        :func:`~fieldcraft.render.contraction.spacing`), else None (rays spaced linearly)."""
+        return 0.5 * float((self.box[1] - self.box[0]).max()) if self.contracted else None
+
+    def _render_proposal(self, rays: Rays, bg: Tensor, train: bool, step: int | None, with_samples: bool = False
+                         ) -> Rendered:
+        """The ``proposal`` sampler (:mod:`fieldcraft.render.proposal`): intervals uniform in normalised
+        ray distance -> each proposal field's weights -> intervals drawn from the last histogram for the
+        radiance field (``proposal_samples``), composited padded. ``samples`` counts the radiance field's."""
+        c, m, device = self.config, len(rays), rays.origins.device
+        half, power = self.inner_half(), anneal_power(step, c.proposal_anneal_steps) if train else 1.0
+
+        def points(edges: Tensor) -> tuple[Tensor, Tensor]:  # world t of the edges, field points of the midpoints
+            t = distance_from_normalized(edges, rays.t_min[:, None], rays.t_max[:, None], half)
+            mid = 0.5 * (t[:, :-1] + t[:, 1:])
+            return t, self.field_points((rays.origins[:, None, :] + mid[..., None] * rays.dirs[:, None, :]).reshape(-1, 3))
+
+        edges, levels = uniform_edges(m, c.proposal_samples[0], train, device), []
+        for k, prop in enumerate(self.proposals):
+            if k:
+                edges = pdf_edges(edges, levels[-1][1] ** power, c.proposal_samples[k], train)
+            t, pts = points(edges)
+            sigma = prop.density(pts).reshape(m, -1)
+            levels.append((edges, weights_from_densities(sigma, t[:, :-1], t[:, 1:])[0]))
+        n = c.proposal_samples[-1]
+        edges = pdf_edges(edges, levels[-1][1] ** power, n, train)
+        t, pts = points(edges)
+        vd = rays.viewdirs[:, None, :].expand(m, n, 3).reshape(-1, 3)
+        with torch.autocast(pts.device.type, dtype=torch.bfloat16, enabled=c.bf16):
+            if c.appearance_dim > 0:  # training images' own codes while training, else the mean code
+                camera = rays.camera[:, None].expand(m, n).reshape(-1) if train and rays.camera is not None else None
+                sigma, rgb = self.field(pts, vd, camera)
+            else:
+                sigma, rgb = self.field(pts, vd)
+        sigma, rgb = sigma.float().reshape(m, n), rgb.float().reshape(m, n, 3)
+        w = weights_from_densities(sigma, t[:, :-1], t[:, 1:])[0]
+        opacity = accumulate(w)
+        out = {"rgb": apply_background(accumulate(w, rgb), opacity, bg), "opacity": opacity,
+               "depth": accumulate(w, 0.5 * (t[:, :-1] + t[:, 1:])[..., None]) / opacity.clamp(min=1e-10),
+               "samples": m * n}
+        if with_samples:
+            out |= {"ray_indices": torch.arange(m, device=device).repeat_interleave(n),
+                    "s_starts": edges[:, :-1].reshape(-1), "s_ends": edges[:, 1:].reshape(-1), "weights": w.reshape(-1),
+                    "interlevel": sum(interlevel_loss(edges, w, e, pw) for e, pw in levels) / n}
+        return out
 
     def _composite_padded(self, field: RadianceField, rays: Rays, edges: Float[Tensor, "m n+1"],
                           t: Float[Tensor, "m n"], bg: Tensor) -> tuple[Rendered, Float[Tensor, "m n"]]:

@@ -35,6 +35,7 @@ from fieldcraft.encodings import GridEncoding
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.metrics import psnr_from_mse
 from fieldcraft.render.contraction import inner_box
+from fieldcraft.render.losses import sample_losses
 from fieldcraft.render.rays import PixelRays, PixelTable, Rays
 from fieldcraft.tasks.nerf.config import TASK, NerfConfig, nerf_config
 from fieldcraft.tasks.nerf.model import NerfModel, background_colour
@@ -132,17 +133,26 @@ class PhotometricLoss(Objective):
         ids = hit.nonzero().squeeze(-1)
         part = shard(len(ids), allow_empty=True)  # this rank's hit rays (all of them in one process)
         miss_mse, miss_loss = mse, loss_sum
+        regularised = c.distortion_weight > 0 or c.sampler == "proposal"
         with rank_jitter(c, step, part, self.pixels.device):
             for s in range(part.slice.start, part.slice.stop, piece):
                 sl = ids[s:min(s + piece, part.slice.stop)]
-                out = model.render(rays[sl], bg[sl] if len(bg) > 1 else bg, train=True, step=step)
+                out = model.render(rays[sl], bg[sl] if len(bg) > 1 else bg, train=True, step=step,
+                                   with_samples=regularised)
                 # Sums over the piece divided by the whole batch's size: the pieces' losses add up to the batch mean.
                 err = torch.sum((out["rgb"] - target[sl]) ** 2) / (m * 3)
                 loss = err + (torch.sum((out["rgb_coarse"] - target[sl]) ** 2) / (m * 3) if "rgb_coarse" in out else 0.0)
+                if regularised:  # distortion + interlevel losses (docs/nerf.md "Real captures"), batch means
+                    loss = loss + sample_losses(out, len(sl), c.distortion_weight, c.interlevel_weight) / m
                 loss.backward(retain_graph=refining)  # the pieces share the rays' graph (pose corrections)
                 mse += float(err.detach())
                 loss_sum += float(loss.detach())
                 samples += int(out["samples"])
+        reg = field_regularization(model, step)  # a field's own term (Plenoxels' total variation), once a step
+        if reg is not None:
+            reg = reg / distributed.world()[1] if distributed.active() else reg  # each rank adds its share
+            reg.backward()
+            loss_sum += float(reg.detach())
         if distributed.active():  # the global batch's figures on every rank (adaptive ray count, logs)
             hit_mse, hit_loss, samples = distributed.all_sum([mse - miss_mse, loss_sum - miss_loss, samples])
             mse, loss_sum, samples = miss_mse + hit_mse, miss_loss + hit_loss, int(samples)
@@ -175,6 +185,14 @@ class PhotometricLoss(Objective):
                         for n, t in self.ema.items()}
         self.n_rays = int(meta.get("n_rays", self.n_rays))
         self.rays_seen = int(meta.get("rays_seen", 0))
+
+
+def field_regularization(model: NerfModel, step: int) -> Tensor | None:
+    """The sum of the ``regularization(step)`` terms the model's fields offer (e.g.
+    :meth:`fieldcraft.fields.plenoxels.PlenoxelField.regularization`), or None when none does."""
+    terms = [f.regularization(step) for f in (model.field, model.fine) if hasattr(f, "regularization")]
+    terms = [t for t in terms if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 @contextlib.contextmanager
