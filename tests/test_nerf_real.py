@@ -383,14 +383,14 @@ def test_render_path_and_point_cloud(tmp_path):
 
     torch.manual_seed(0)
     ply = tmp_path / "cloud.ply"
-    model.field.density = lambda x: torch.where(x.norm(dim=-1) < 0.5, 1e3, 0.0)  # noqa: E731 (a stand-in field)
+    model.field.density = lambda x, **kw: torch.where(x.norm(dim=-1) < 0.5, 1e3, 0.0)  # noqa: E731 (a stand-in field)
     import fieldcraft.tasks.nerf.pointcloud as pc
 
     original = pc.load_model
     pc.load_model = lambda *a, **k: (model, meta)
     try:
         field_forward = model.field.forward
-        model.field.forward = lambda x, d=None, *rest: (model.field.density(x), field_forward(x, d, *rest)[1])
+        model.field.forward = lambda x, d=None, *rest, **kw: (model.field.density(x), field_forward(x, d, *rest, **kw)[1])
         info = point_cloud(out, ply, stride=2, progress=False, device="cpu")
     finally:
         pc.load_model = original
