@@ -66,7 +66,10 @@ def main() -> None:
     metrics = json.loads((run / "features" / "eval" / "val" / "metrics.json").read_text())
     history = [json.loads(line) for line in (run / "features" / "history.jsonl").read_text().splitlines()]
     extracted = json.loads((work / "train" / "features.json").read_text())
-    record = {"data": str(args.data), "nerf": str(run), "nerf_steps": args.nerf_steps if args.nerf is None else None,
+    from fieldcraft.io.checkpoint import load_checkpoint
+
+    fitted = load_checkpoint(run)[1]
+    record = {"data": str(args.data), "nerf": {"preset": fitted["config"]["preset"], "steps": fitted["step"]},
               "method": "patch-pca", "dim": args.dim, "explained_variance": extracted["explained_variance"],
               "distillation_steps": args.steps, "last_training_record": history[-1] if history else None,
               "val": {k: metrics[k] for k in ("views", "mse", "relative_mse", "cosine", "definitions")},

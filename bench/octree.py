@@ -122,10 +122,12 @@ def finetune_row(fc: list[str], run: Path, octree: Path, test: str, steps: int, 
                             "--finetune-steps", str(steps), "--out", str(tuned), "--quiet"])
     _timed([*fc, "eval", "nerf", str(run), "--octree", str(tuned), "--data", test, "--quiet"])
     m = json.loads((run / "eval" / "test-octree" / "metrics.json").read_text())
+    from fieldcraft.io.checkpoint import load_checkpoint
     from fieldcraft.io.octree_file import load_octree
 
     info = load_octree(tuned).source["finetune"]
-    return {"run": str(run), "steps": info["steps"], "batch_rays": info["batch_rays"],
+    meta = load_checkpoint(run)[1]
+    return {"fitted": {"preset": meta["config"]["preset"], "steps": meta["step"]}, "steps": info["steps"], "batch_rays": info["batch_rays"],
             "finetune_seconds": info["seconds"],
             "command_seconds": seconds, "load_before": load, "psnr": m["psnr"], "ssim": m["ssim"],
             "psnr_gap": field_psnr - m["psnr"], "ms_per_view": m["ms_per_view"]}

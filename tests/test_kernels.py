@@ -285,3 +285,28 @@ def test_radiance_field_reuses_a_no_grad_encoding(monkeypatch, mode):
     for n in g0:
         assert torch.allclose(g0[n], g1[n], rtol=1e-6, atol=1e-7), n
     assert g1["position_encoding.table"].abs().sum() > 0
+
+
+def test_adam_on_sparse_gradients_updates_exactly_their_rows():
+    """A sparse gradient (an embedding with ``sparse=True``) updates the rows it holds as torch Adam
+    updates them alone; other rows keep parameters and moments."""
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(10, 3))
+    rows = torch.tensor([1, 4, 4, 7])
+    reference = torch.nn.Parameter(table.detach()[[1, 4, 7]].clone())
+    opt = RowSparseAdam([table], lr=0.1, betas=(0.9, 0.99), eps=1e-8)
+    ref_opt = torch.optim.Adam([reference], lr=0.1, betas=(0.9, 0.99), eps=1e-8)
+    before = table.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        w = torch.arange(12.0).reshape(4, 3)
+        (torch.nn.functional.embedding(rows, table, sparse=True) * w).sum().backward()
+        assert table.grad.is_sparse
+        (reference[[0, 1, 1, 2]] * w).sum().backward()
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(table.detach()[[1, 4, 7]], reference.detach(), rtol=1e-5, atol=1e-6)
+    untouched = [0, 2, 3, 5, 6, 8, 9]
+    assert torch.equal(table.detach()[untouched], before[untouched])
+    assert torch.count_nonzero(opt.state[table]["exp_avg"][untouched]) == 0

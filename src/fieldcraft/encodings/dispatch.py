@@ -19,15 +19,8 @@ from fieldcraft.errors import FieldcraftError
 
 def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "auto") -> Tensor:
     if backend != "torch":
-        fast = _fast_kernel()
-        usable = (
-            fast is not None
-            and u.device.type == "cpu"
-            and table.dtype == u.dtype == torch.float32
-            and not u.requires_grad
-        )
-        if usable:
-            return fast(u, table, layout)
+        if _fast_applies(u, table):
+            return _fast_kernel()(u, table, layout)
         if backend == "fast":
             raise FieldcraftError("grid backend 'fast' requested but the fast CPU kernel does not apply "
                                   "(needs float32 CPU tensors, no input gradients, numba installed)")
@@ -37,14 +30,17 @@ def grid_encode(u: Tensor, table: Tensor, layout: GridLayout, backend: str = "au
 def grid_reattach(u: Tensor, encoded: Tensor, table: Tensor, layout: GridLayout, backend: str = "auto") -> Tensor | None:
     """``encoded`` (the grid features of ``u``, computed without a graph) attached to ``table``'s graph
     with the fast kernel's backward, or None when :func:`grid_encode` would not take the fast kernel."""
-    if backend == "torch" or _fast_kernel() is None:
-        return None
-    if not (u.device.type == "cpu" and table.dtype == u.dtype == encoded.dtype == torch.float32 and not u.requires_grad
-            and table.requires_grad):
+    if backend == "torch" or not table.requires_grad or encoded.dtype != torch.float32 or not _fast_applies(u, table):
         return None
     from fieldcraft.encodings.grid_autograd import grid_reattach_fast
 
     return grid_reattach_fast(u, encoded, table, layout)
+
+
+def _fast_applies(u: Tensor, table: Tensor) -> bool:
+    """Whether the fast kernel encodes ``u`` with ``table`` (module docstring)."""
+    return (_fast_kernel() is not None and u.device.type == "cpu" and table.dtype == u.dtype == torch.float32
+            and not u.requires_grad)
 
 
 def _fast_kernel():

@@ -70,8 +70,10 @@ class RowSparseAdam(torch.optim.Optimizer):
     """Adam (L2 ``weight_decay`` as ``torch.optim.Adam``) with optional row-lazy groups.
 
     Group options: ``lr``, ``betas``, ``eps``, ``weight_decay``, ``sparse_rows`` (bool: update
-    only rows, i.e. slices along dim 0, whose gradient is not all zero). State per parameter
-    as ``torch.optim.Adam`` (``step``, ``exp_avg``, ``exp_avg_sq``), so state dicts carry over.
+    only rows, i.e. slices along dim 0, whose gradient is not all zero). A sparse COO gradient
+    (``nn.functional.embedding(..., sparse=True)``) updates exactly the rows it holds, as
+    ``torch.optim.SparseAdam`` does. State per parameter as ``torch.optim.Adam`` (``step``,
+    ``exp_avg``, ``exp_avg_sq``), so state dicts carry over.
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -92,8 +94,6 @@ class RowSparseAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise FieldcraftError("RowSparseAdam takes dense gradients (zero rows are skipped)")
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -101,6 +101,15 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = float(state["step"].item())
+                if p.grad.is_sparse:  # rows of a sparse gradient (embeddings with sparse=True): gather, update, scatter
+                    grad = p.grad.coalesce()
+                    rows = grad.indices()[0]
+                    sub = [t.index_select(0, rows) for t in (p.data, state["exp_avg"], state["exp_avg_sq"])]
+                    adam_update(sub[0], grad.values().contiguous(), sub[1], sub[2], step, lr=group["lr"], beta1=beta1,
+                                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], sparse_rows=False)
+                    for t, part in zip((p.data, state["exp_avg"], state["exp_avg_sq"]), sub):
+                        t.index_copy_(0, rows, part)
+                    continue
                 adam_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], step, lr=group["lr"],
                             beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                             sparse_rows=bool(group["sparse_rows"]))

@@ -23,8 +23,8 @@
 Optionally (``export nerf --finetune-steps N``), :func:`finetune` then optimises the leaf values
 (every kept voxel's density and SH coefficients, the structure fixed) on the training images with
 the photometric MSE (PlenOctrees sec. 4.3): :class:`OctreeLeaves` renders batches of training rays
-with the image formation of ``eval --octree``, differentiably, and :class:`LazyAdam` updates the
-voxels the rays reached, on the training core (progress, Ctrl-C, atomic writes of the file).
+with the image formation of ``eval --octree``, differentiably, and Adam updates the voxels
+the rays reached (sparse gradients, :class:`~fieldcraft.train.row_sparse_adam.RowSparseAdam`), on the training core (progress, Ctrl-C, atomic writes of the file).
 
 Forward-facing (NDC) scenes are refused: their box is in normalised device coordinates.
 """
@@ -325,41 +325,12 @@ class FinetuneConfig(Config):
               f"fine-tuning learning rates must be finite and >= 0, got {self.lr_density}, {self.lr_sh}")
 
     def build(self, leaves: nn.Module) -> torch.optim.Optimizer:
-        """:class:`LazyAdam` over the leaf tensors of :class:`OctreeLeaves` (sparse gradients)."""
+        """Adam over the leaf tensors of :class:`OctreeLeaves`: their gradients are sparse, so only the
+        voxels a step's rays reached are updated (:class:`~fieldcraft.train.row_sparse_adam.RowSparseAdam`)."""
+        from fieldcraft.train.row_sparse_adam import RowSparseAdam
+
         groups = [{"params": [leaves.density], "lr": self.lr_density}, {"params": [leaves.sh], "lr": self.lr_sh}]
-        return LazyAdam(groups, betas=tuple(self.betas), eps=self.eps)
-
-
-class LazyAdam(torch.optim.Optimizer):
-    """Adam on the rows of sparse gradients: only the voxels a step's rays reached are read and
-    updated, parameters and moments alike (the semantics of ``torch.optim.SparseAdam``; the update
-    is :func:`fieldcraft.train.row_sparse_adam.adam_update` on the gathered rows, about twice as
-    fast as ``SparseAdam`` on the CPU)."""
-
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        from fieldcraft.train.row_sparse_adam import adam_update
-
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                grad = p.grad.coalesce() if p.grad.is_sparse else p.grad.to_sparse(1).coalesce()
-                rows = grad.indices()[0]
-                sub = [t.index_select(0, rows) for t in (p.data, state["exp_avg"], state["exp_avg_sq"])]
-                adam_update(sub[0], grad.values().contiguous(), sub[1], sub[2], float(state["step"]), lr=group["lr"],
-                            beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], weight_decay=0.0,
-                            sparse_rows=False)
-                for t, s in zip((p.data, state["exp_avg"], state["exp_avg_sq"]), sub):
-                    t.index_copy_(0, rows, s)
+        return RowSparseAdam(groups, betas=tuple(self.betas), eps=self.eps)
 
 
 class OctreeLeaves(nn.Module):
