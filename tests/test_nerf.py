@@ -20,6 +20,7 @@ from conftest import shared_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fieldcraft.data.bounds import pixel_resolution
 from fieldcraft.data.cameras import Cameras, project
 from fieldcraft.data.scene import load_posed_images
 from fieldcraft.errors import FieldcraftError
@@ -341,10 +342,16 @@ def test_two_step_smoke_fit_every_preset_with_reference_kernels(preset, tmp_path
     with torch.no_grad():
         rgb = model.render(rays, torch.ones(1, 3))["rgb"]
     assert rgb.shape == (len(rays), 3) and bool(torch.isfinite(rgb).all())
-    # resume continues from step 2, in the same box and hull
+    finest = meta["config"]["field"]["position_encoding"].get("max_resolution")
+    if preset == "instant":  # finest_from_views: the views' pixel resolution of the box, stored resolved
+        train = load_posed_images(LEGO_MINI, "train")
+        assert finest == pixel_resolution(train.cameras, torch.tensor(meta["aabb"])) != 512
+        assert model.field.position_encoding.config.max_resolution == finest
+    # resume continues from step 2, in the same box and hull (and the same finest level)
     summary = nerf.fit(None, LEGO_MINI, out, Budget(steps=3), resume=True, progress=False, device="cpu")
     assert summary["steps"] == 3
     assert nerf.load_model(out, device="cpu")[1]["aabb"] == meta["aabb"]
+    assert load_checkpoint(out)[1]["config"]["field"]["position_encoding"].get("max_resolution") == finest
     if hull is not None:
         assert torch.equal(load_checkpoint(out)[0]["model.hull.binary"], hull)
 
@@ -483,6 +490,44 @@ def test_silhouette_box_and_hull_hold_the_object():
     assert hull_len < 0.7 * box_len  # measured: 0.35
     with pytest.raises(FieldcraftError, match="RGBA"):
         silhouette_aabb(load_posed_images(shared_data("nerf", "fern_llff"), "train", max_images=2))
+
+
+def test_pixel_resolution_follows_focal_length_and_distance():
+    """A grid cell about a pixel wide: doubling the focal length or halving the distance doubles the
+    resolution; the median over the cameras decides; the result is a power of two."""
+    box = torch.tensor([[-1.0] * 3, [1.0] * 3])
+
+    def cams(dists, width=64, fov=0.8):
+        c2w = torch.eye(4)[None, :3].repeat(len(dists), 1, 1)
+        c2w[:, 2, 3] = torch.tensor(dists, dtype=torch.float32)
+        return Cameras.from_fov(c2w, fov, width, width)
+
+    f = 32 / math.tan(0.4)  # 75.9 px: 75.9 * 2 / 3 = 50.6 -> 64
+    assert pixel_resolution(cams([3.0]), box) == 64 == 2 ** math.ceil(math.log2(f * 2 / 3))
+    assert pixel_resolution(cams([3.0], width=128), box) == 128
+    assert pixel_resolution(cams([1.5]), box) == 128
+    assert pixel_resolution(cams([1.5, 3.0, 3.0]), box) == 64  # the median camera
+
+
+def test_finest_from_views_leaves_forward_facing_and_unbounded_scenes():
+    """The rule is for object scenes: an NDC scene and a contracted one keep their preset's level,
+    a grid-less field is untouched, and the flag off keeps the configured level."""
+    from fieldcraft.tasks import nerf
+    from fieldcraft.tasks.nerf.training import finest_from_views
+
+    data = load_posed_images(LEGO_MINI, "train")
+    box = data.aabb
+    inst = nerf.nerf_config("instant")
+    got = finest_from_views(inst, data, box).field.position_encoding.max_resolution
+    assert got == pixel_resolution(data.cameras, box)
+    off = inst.replace(finest_from_views=False)
+    assert finest_from_views(off, data, box) == off
+    assert finest_from_views(inst.replace(contraction=True), data, box) == inst.replace(contraction=True)
+    assert finest_from_views(inst, dataclasses.replace(data, ndc=True), box) == inst
+    assert nerf.nerf_config("instant", ndc=True).finest_from_views is False
+    assert nerf.nerf_config("nerfacto").finest_from_views is False
+    vanilla = nerf.nerf_config("vanilla", finest_from_views=True)
+    assert finest_from_views(vanilla, data, box) == vanilla
 
 
 def test_radiance_field_world_positions_and_glorot_init():

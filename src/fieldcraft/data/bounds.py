@@ -5,15 +5,18 @@ a small dilation) lies outside the object; the points no view rules out form the
 which contains the object. :func:`visual_hull` carves it on a grid of cells (NeRF ``box="hull"``
 samples each ray only over its stretch through it); :func:`silhouette_aabb` returns the
 axis-aligned box around it, padded (NeRF-synthetic lego: 30 % of the ``[-1.5, 1.5]^3`` box's volume).
+:func:`pixel_resolution` gives the grid resolution at which a cell of the box looks one pixel wide.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from fieldcraft.data.cameras import project
+from fieldcraft.data.cameras import Cameras, project
 from fieldcraft.data.scene import PosedImages
 from fieldcraft.errors import FieldcraftError
 
@@ -78,3 +81,20 @@ def silhouette_aabb(data: PosedImages, resolution: int = 96, dilate: int = 2, pa
     a, b = lo + (ijk.min(0).values + 0.5) * voxel, lo + (ijk.max(0).values + 0.5) * voxel
     margin = pad * (b - a) + voxel
     return torch.stack([torch.maximum(a - margin, lo), torch.minimum(b + margin, hi)])
+
+
+def pixel_resolution(cameras: Cameras, aabb: Float[Tensor, "2 3"]) -> int:
+    """Cells per axis of a grid over ``aabb`` whose cells look about one pixel wide from the views:
+    the median over the cameras of ``f * side / d`` (``f`` the focal length in pixels, ``side`` the
+    box's longest side, ``d`` the camera's distance to the box centre), rounded up to a power of two.
+    What a grid encoding's finest level needs to resolve what the views resolve, and no more.
+
+    >>> from fieldcraft.data.cameras import Cameras
+    >>> c2w = torch.eye(4)[None, :3].clone(); c2w[0, 2, 3] = 4.0   # 4 units in front of the box centre
+    >>> pixel_resolution(Cameras.from_fov(c2w, 0.69, 100, 100), torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    128
+    """
+    side = float((aabb[1] - aabb[0]).max())
+    dist = (cameras.c2w[:, :, 3].float() - 0.5 * (aabb[0] + aabb[1]).float()).norm(dim=-1).clamp(min=1e-6)
+    r = float((torch.maximum(cameras.fx, cameras.fy).float() * side / dist).median())
+    return 1 << max(0, math.ceil(math.log2(max(r, 1.0))))

@@ -2,7 +2,7 @@
 
 | preset | field | sampling | batch | optimiser | reference |
 |---|---|---|---|---|---|
-| ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..512) -> 64 -> 16 features; SH degree 4 -> 64x2 -> rgb | occupancy grid 64^3, 256 steps across the box diagonal, early termination | ~2^14 samples (rays adapt) | 1e-2, ``steps`` | Instant-NGP / nerfacc |
+| ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..R) -> 64 -> 16 features; SH degree 4 -> 64x2 -> rgb; R: object scenes the views' pixel resolution (``finest_from_views``), else 512 | occupancy grid 64^3, 256 steps across the box diagonal (NDC: 128 along the ray), early termination | ~2^14 samples (rays adapt) | object scenes 2e-2, NDC 1e-2; ``steps`` | Instant-NGP / nerfacc |
 | ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb, coarse + fine field | 64 stratified + 128 importance | 1024 rays | 5e-4, ``exp`` | NeRF paper |
 | ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified over the ray's stretch through the visual hull | one full image | 5e-4, ``exp`` | tiny-NeRF notebook |
 | ``tensorf`` | TensoRF VM (R=128 after doubling at steps 150 and 300, 24 components per mode) -> linear -> density + 27 features; SH degree 4 -> 64x2 -> rgb | as ``instant``, in the silhouette box | as ``instant`` | 2e-2, ``steps`` | TensoRF |
@@ -121,6 +121,11 @@ class NerfConfig(Config):
       ``len(proposal_samples) - 1`` of them; :class:`fieldcraft.render.proposal.ProposalField`).
     - ``interlevel_weight``: weight of the proposal fields' interlevel loss (Mip-NeRF 360 eq. 13,
       :func:`fieldcraft.render.proposal.interlevel_loss`, mean over rays and radiance-field intervals).
+    - ``finest_from_views``: object scenes (not NDC, not contracted) with a hash-grid position
+      encoding: when a fit starts, the grid's finest level becomes the training views' pixel
+      resolution of the box the field lives in (:func:`fieldcraft.data.bounds.pixel_resolution`: a
+      finest cell about one pixel wide; lego at 100x100 pixels: 128, at 200x200: 256), and ``fit``
+      prints it. The checkpoint stores the resolved ``max_resolution``.
     - ``proposal_anneal_steps``: steps over which the proposal histograms' annealing exponent rises
       from 0 to 1 (:func:`fieldcraft.render.proposal.anneal_power`; 0: none).
     """
@@ -165,6 +170,7 @@ class NerfConfig(Config):
     proposal_resolutions: tuple[int, ...] = (128, 256)
     interlevel_weight: float = 1.0
     proposal_anneal_steps: int = 200
+    finest_from_views: bool = False
 
     def __post_init__(self) -> None:
         check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r} (use {'|'.join(SAMPLERS)})")
@@ -209,8 +215,10 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
                                              max_resolution=512),
             trunk_width=64, trunk_layers=1, n_features=15, direction_encoding=SphericalHarmonicsConfig(degree=4),
             color_width=64, color_layers=2, density_activation="trunc_exp", density_bias=-1.0)
+        # object scenes: a finest level matched to the views and a higher rate (lego val, bench/nerf_instant_variants.py)
         cfg = NerfConfig(preset=preset, field=field, sampler="occupancy", render_steps=128 if ndc else 256, rays=256,
-                         target_samples=1 << 14, lr=1e-2, schedule="steps", background="random")
+                         target_samples=1 << 14, lr=1e-2 if ndc else 2e-2, schedule="steps", background="random",
+                         finest_from_views=not ndc)
     elif preset == "tensorf":
         field = RadianceFieldConfig(
             position_encoding=TensoRFVMConfig(resolution=128, n_components=24, upsample_steps=(150, 300)),
@@ -245,7 +253,7 @@ def nerf_config(preset: str = DEFAULT_PRESET, background: str | None = None, ndc
         cfg = nerf_config("instant")
         field = cfg.field.replace(position_encoding=cfg.field.position_encoding.replace(max_resolution=1024))
         cfg = cfg.replace(preset=preset, field=field, render_steps=128, contraction=True, appearance_dim=16,
-                          grid_threshold=0.0025)
+                          grid_threshold=0.0025, lr=1e-2, finest_from_views=False)
     else:
         raise FieldcraftError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if background is not None:

@@ -29,9 +29,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from fieldcraft.data.bounds import silhouette_aabb, visual_hull
+from fieldcraft.data.bounds import pixel_resolution, silhouette_aabb, visual_hull
 from fieldcraft.data.scene import PosedImages, composite, forward_facing, load_posed_images
-from fieldcraft.encodings import GridEncoding
+from fieldcraft.encodings import GridEncoding, HashGridConfig
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.metrics import psnr_from_mse
 from fieldcraft.render.contraction import inner_box
@@ -60,6 +60,18 @@ def scene_bounds(config: NerfConfig, data: PosedImages) -> tuple[Float[Tensor, "
         return box, None
     return box, visual_hull(dataclasses.replace(data, aabb=box), config.hull_resolution, dilate=config.hull_dilate,
                             grow=1)
+
+
+def finest_from_views(config: NerfConfig, data: PosedImages, aabb: Float[Tensor, "2 3"]) -> NerfConfig:
+    """``config`` with its hash grid's finest level set to the views' pixel resolution of ``aabb``
+    (:func:`~fieldcraft.data.bounds.pixel_resolution`, at least twice the coarsest level) when
+    ``config.finest_from_views`` applies: an object scene (not NDC, not contracted) whose position
+    encoding is a hash grid. Otherwise ``config`` unchanged."""
+    pe = getattr(config.field, "position_encoding", None)
+    if not config.finest_from_views or data.ndc or config.contraction or not isinstance(pe, HashGridConfig):
+        return config
+    finest = max(pixel_resolution(data.cameras, aabb), 2 * pe.base_resolution)
+    return config.replace(field=config.field.replace(position_encoding=pe.replace(max_resolution=finest)))
 
 
 def training_rays(model: NerfModel, data: PosedImages) -> tuple[PixelRays, PixelTable]:
@@ -266,6 +278,11 @@ def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budge
         aabb, hull = torch.tensor(run.meta["aabb"], dtype=data.aabb.dtype), run.tensors.get("model.hull.binary")
     else:
         aabb, hull = scene_bounds(config, data)
+        fitted = finest_from_views(config, data, aabb)
+        if fitted != config and distributed.is_main():
+            print(f"fit nerf: finest hash-grid level {fitted.field.position_encoding.max_resolution} cells "
+                  f"(a cell about a pixel wide in the training views; finest_from_views)", flush=True)
+        run.config = config = fitted
     torch.manual_seed(config.seed)
     model = NerfModel(config, aabb, data.ndc, n_images=len(data))
     if hull is not None and model.hull is not None:
