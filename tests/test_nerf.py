@@ -519,7 +519,10 @@ def test_finest_from_views_leaves_forward_facing_and_unbounded_scenes():
     box = data.aabb
     inst = nerf.nerf_config("instant")
     got = finest_from_views(inst, data, box).field.position_encoding.max_resolution
-    assert got == pixel_resolution(data.cameras, box)
+    assert got == pixel_resolution(data.cameras, box) < 512
+    near = dataclasses.replace(data, cameras=data.cameras.rescaled(16 * data.width, 16 * data.height))
+    assert pixel_resolution(near.cameras, box) > 512  # the views resolve more: the preset's level caps it
+    assert finest_from_views(inst, near, box) == inst
     off = inst.replace(finest_from_views=False)
     assert finest_from_views(off, data, box) == off
     assert finest_from_views(inst.replace(contraction=True), data, box) == inst.replace(contraction=True)

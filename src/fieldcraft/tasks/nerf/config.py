@@ -2,7 +2,7 @@
 
 | preset | field | sampling | batch | optimiser | reference |
 |---|---|---|---|---|---|
-| ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..R) -> 64 -> 16 features; SH degree 4 -> 64x2 -> rgb; R: object scenes the views' pixel resolution (``finest_from_views``), else 512 | occupancy grid 64^3, 256 steps across the box diagonal (NDC: 128 along the ray), early termination | ~2^14 samples (rays adapt) | object scenes 2e-2, NDC 1e-2; ``steps`` | Instant-NGP / nerfacc |
+| ``instant`` (default) | hash grid (L=16, F=2, T=2^17, N 16..R) -> 64 -> 16 features; SH degree 4 -> 64x2 -> rgb; R: object scenes the views' pixel resolution up to 512 (``finest_from_views``), else 512 | occupancy grid 64^3, 256 steps across the box diagonal (NDC: 128 along the ray), early termination | ~2^14 samples (rays adapt) | object scenes 2e-2, NDC 1e-2; ``steps`` | Instant-NGP / nerfacc |
 | ``vanilla`` | PE L=10 / L=4 dirs, 8x256 skip at 5 -> 128 -> rgb, coarse + fine field | 64 stratified + 128 importance | 1024 rays | 5e-4, ``exp`` | NeRF paper |
 | ``tiny`` | PE L=6 on world coordinates, 8x256 skip at 5 -> 4, no view dependence, softplus density | 64 stratified over the ray's stretch through the visual hull | one full image | 5e-4, ``exp`` | tiny-NeRF notebook |
 | ``tensorf`` | TensoRF VM (R=128 after doubling at steps 150 and 300, 24 components per mode) -> linear -> density + 27 features; SH degree 4 -> 64x2 -> rgb | as ``instant``, in the silhouette box | as ``instant`` | 2e-2, ``steps`` | TensoRF |
@@ -122,10 +122,11 @@ class NerfConfig(Config):
     - ``interlevel_weight``: weight of the proposal fields' interlevel loss (Mip-NeRF 360 eq. 13,
       :func:`fieldcraft.render.proposal.interlevel_loss`, mean over rays and radiance-field intervals).
     - ``finest_from_views``: object scenes (not NDC, not contracted) with a hash-grid position
-      encoding: when a fit starts, the grid's finest level becomes the training views' pixel
+      encoding: when a fit starts, the grid's finest level is lowered to the training views' pixel
       resolution of the box the field lives in (:func:`fieldcraft.data.bounds.pixel_resolution`: a
-      finest cell about one pixel wide; lego at 100x100 pixels: 128, at 200x200: 256), and ``fit``
-      prints it. The checkpoint stores the resolved ``max_resolution``.
+      finest cell about one pixel wide; lego at 100x100 pixels: 128, at 200x200: 256; never above
+      the configured ``max_resolution``), and ``fit`` prints it. The checkpoint stores the resolved
+      ``max_resolution``.
     - ``proposal_anneal_steps``: steps over which the proposal histograms' annealing exponent rises
       from 0 to 1 (:func:`fieldcraft.render.proposal.anneal_power`; 0: none).
     """

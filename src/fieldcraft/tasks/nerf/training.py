@@ -63,14 +63,15 @@ def scene_bounds(config: NerfConfig, data: PosedImages) -> tuple[Float[Tensor, "
 
 
 def finest_from_views(config: NerfConfig, data: PosedImages, aabb: Float[Tensor, "2 3"]) -> NerfConfig:
-    """``config`` with its hash grid's finest level set to the views' pixel resolution of ``aabb``
-    (:func:`~fieldcraft.data.bounds.pixel_resolution`, at least twice the coarsest level) when
-    ``config.finest_from_views`` applies: an object scene (not NDC, not contracted) whose position
-    encoding is a hash grid. Otherwise ``config`` unchanged."""
+    """``config`` with its hash grid's finest level lowered to the views' pixel resolution of ``aabb``
+    (:func:`~fieldcraft.data.bounds.pixel_resolution`; at least twice the coarsest level, at most the
+    configured finest level, which cameras inside or near the box would otherwise push far past)
+    when ``config.finest_from_views`` applies: an object scene (not NDC, not contracted) whose
+    position encoding is a hash grid. Otherwise ``config`` unchanged."""
     pe = getattr(config.field, "position_encoding", None)
     if not config.finest_from_views or data.ndc or config.contraction or not isinstance(pe, HashGridConfig):
         return config
-    finest = max(pixel_resolution(data.cameras, aabb), 2 * pe.base_resolution)
+    finest = min(max(pixel_resolution(data.cameras, aabb), 2 * pe.base_resolution), pe.max_resolution)
     return config.replace(field=config.field.replace(position_encoding=pe.replace(max_resolution=finest)))
 
 
@@ -279,7 +280,7 @@ def fit(config: NerfConfig | None, data_path: str | Path, out: str | Path, budge
     else:
         aabb, hull = scene_bounds(config, data)
         fitted = finest_from_views(config, data, aabb)
-        if fitted != config and distributed.is_main():
+        if config.finest_from_views and fitted.field != config.field and distributed.is_main():
             print(f"fit nerf: finest hash-grid level {fitted.field.position_encoding.max_resolution} cells "
                   f"(a cell about a pixel wide in the training views; finest_from_views)", flush=True)
         run.config = config = fitted
