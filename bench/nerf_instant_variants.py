@@ -9,7 +9,7 @@ the PSNR does not depend on the machine's load; ``--threads 1`` by default) or f
 seconds (a time budget, as ``fit nerf --seconds``: run it on an otherwise idle machine, one
 variant after the other, with ``--threads 2``), and scored on the first ``--val-views`` views of
 the *val* split (never the test split). Variants (``VARIANTS``), each a change to the preset:
-``preset`` the preset itself; ``previous`` the preset before its finest level followed the views
+``preset`` the preset itself; ``previous`` ``finest_from_views`` off
 (finest level 512, lr 1e-2); ``lr1`` lr 1e-2; ``r512`` / ``r256`` / ``r128`` a fixed finest level
 (``finest_from_views`` off); ``sil`` the silhouette box; ``t16`` 2^16 table rows per level; ``l8``
 8 levels; ``ts13`` 2^13 samples a batch; ``rs128`` 128 marching steps across the box; ``ema``
