@@ -17,7 +17,7 @@ from conftest import shared_data
 
 from fieldcraft.data import colmap
 from fieldcraft.data.cameras import Cameras, distort, project, undistort
-from fieldcraft.data.scene import downscale_image, load_posed_images
+from fieldcraft.data.scene import dataset_scene, downscale_image, load_posed_images
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.io.images import encode_png
 from fieldcraft.render.cameras import look_at
@@ -225,6 +225,41 @@ def test_nerfstudio_distortion_downscale_and_missing(tmp_path, capsys):
     kept = load_posed_images(tmp_path, "train", skip_missing=True)
     assert len(kept) == 7 and "f05.png" not in kept.names
     assert "skipped 1 of 8 frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, scene", [
+    ({}, "unbounded"),  # colmap2nerf: aabb_scale 16
+    ({"aabb_scale": 1}, "object"),
+    ({"aabb_scale": None}, "unbounded"),  # ns-process-data: camera_model and coefficients, no aabb_scale
+    ({"aabb_scale": None, "camera_model": None}, "unbounded"),  # distortion coefficients alone
+    ({"aabb_scale": None, "camera_model": None, "k1": 0, "k2": 0, "p1": 0, "p2": 0}, "object"),  # synthetic
+])
+def test_nerfstudio_scene_kind(tmp_path, edit, scene):
+    """What kind of scene a transforms.json holds decides the default preset; the reader agrees."""
+    meta = _nerfstudio(tmp_path)
+    meta.update(edit)
+    (tmp_path / "transforms.json").write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
+    kind, why = dataset_scene(tmp_path)
+    assert kind == scene and "transforms.json" in why
+    assert load_posed_images(tmp_path, "train").scene == scene
+
+
+def test_nerfstudio_capture_without_aabb_scale_is_normalised(tmp_path):
+    """ns-process-data keeps COLMAP's scale: the reader centres and scales the world as nerfstudio
+    does, so the same capture at another scale and offset loads to the same cameras."""
+    meta = _nerfstudio(tmp_path)
+    del meta["aabb_scale"]
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    a = load_posed_images(tmp_path, "train")
+    for fr in meta["frames"]:
+        m = np.array(fr["transform_matrix"])
+        m[:3, 3] = 7.5 * m[:3, 3] + [3.0, -2.0, 10.0]
+        fr["transform_matrix"] = m.tolist()
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    b = load_posed_images(tmp_path, "train")
+    assert torch.allclose(a.cameras.c2w, b.cameras.c2w, atol=1e-5)
+    test = load_posed_images(tmp_path, "test")  # the held-out frames share the normalisation
+    assert float(torch.cat([a.cameras.c2w, test.cameras.c2w])[:, :, 3].abs().max()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_downscale_is_a_box_filter():

@@ -26,7 +26,8 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--preset", default=None, choices=PRESETS,
                    help="instant, vanilla, tiny, tensorf, nerfacto or plenoxels (default: nerfacto for unbounded real captures "
-                        "(COLMAP, transforms.json with aabb_scale > 1), instant otherwise; the choice is printed)")
+                        "(COLMAP, transforms.json with aabb_scale > 1 or, without aabb_scale, a camera_model or lens "
+                        "distortion), instant otherwise; the choice is printed)")
     add_fit_arguments(p)
     p.add_argument("--background", default=None, choices=["white", "black", "random"],
                    help="background RGBA images are composited on (default: the preset's; random = random colour "

@@ -7,7 +7,13 @@ may be overridden per frame; ``frames[].file_path`` is relative to the JSON file
 
 Scene box: instant-ngp maps world points by ``p * scale + offset`` (defaults 0.33 and 0.5) into
 the unit cube and enlarges it to ``aabb_scale`` (default 1) cubes; fieldcraft uses the same box
-in world units, ``centre = (0.5 - offset) / scale``, half-size ``aabb_scale / (2 scale)``.
+in world units, ``centre = (0.5 - offset) / scale``, half-size ``aabb_scale / (2 scale)``. The
+scene is unbounded with ``aabb_scale > 1``, or without ``aabb_scale`` when a capture tool wrote
+the file (:func:`transforms_scene`), else an object. A capture without ``aabb_scale`` keeps
+COLMAP's arbitrary scale (ns-process-data leaves it to the reader), so its world is normalised as
+nerfstudio's reader does and :func:`fieldcraft.data.colmap.load_colmap` does: centred on the
+point the cameras look at and scaled so the farthest camera is at distance 1 along an axis (near
+0.05 then means what it does in nerfstudio).
 
 Camera models (``camera_model``, top level or per frame; instant-ngp's ``is_fisheye: true`` means
 ``OPENCV_FISHEYE``): ``OPENCV`` (default), ``PINHOLE``, ``SIMPLE_PINHOLE``, ``SIMPLE_RADIAL``,
@@ -35,6 +41,7 @@ import numpy as np
 import torch
 
 from fieldcraft.data.cameras import DISTORTION_PARAMS, Cameras, pose_from_json
+from fieldcraft.data.colmap import normalisation
 from fieldcraft.data.scene import (
     PosedImages,
     check_unique,
@@ -127,13 +134,39 @@ def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | No
     half = aabb_scale / (2 * scale)
     centre = (0.5 - torch.tensor(offset, dtype=torch.float32)) / scale
     aabb = torch.stack([centre - half, centre + half])
+    if "aabb_scale" not in meta and transforms_scene(meta)[0] == "unbounded":  # ns-process-data: COLMAP's scale
+        centre, factor = normalisation(np.stack([pose_from_json(fr["transform_matrix"], str(path), k).numpy()
+                                                 for k, fr in enumerate(frames)]))
+        cams.c2w[:, :, 3] = (cams.c2w[:, :, 3] - torch.from_numpy(centre).float()) * factor
     near = number(meta.get("near", 0.05), "'near'", path)
     far = number(meta.get("far", 1e3), "'far'", path)
     if not 0 <= near < far:
         raise FieldcraftError(f"{path}: needs 0 <= 'near' < 'far', got near {near}, far {far}")
     names = [files[k].name for k in keep]
     return PosedImages(images, cams, names, near, far, aabb, False, str(path), "nerfstudio",
-                       scene="unbounded" if aabb_scale > 1 else "object")
+                       scene=transforms_scene(meta)[0])
+
+
+def transforms_scene(meta: dict) -> tuple[str, str]:
+    """The kind of scene a ``transforms.json`` holds (``unbounded`` or ``object``) and why (for
+    messages): ``aabb_scale > 1`` (instant-ngp's colmap2nerf) -> unbounded, ``aabb_scale`` 1 ->
+    object; without ``aabb_scale``, a capture tool's camera description (``camera_model`` or a
+    non-zero distortion coefficient, top level or per frame, as nerfstudio's ns-process-data
+    writes) -> unbounded, else object (a synthetic scene).
+
+    >>> transforms_scene({"camera_model": "OPENCV", "frames": []})[0], transforms_scene({"frames": []})[0]
+    ('unbounded', 'object')
+    """
+    scale = meta.get("aabb_scale")
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return ("unbounded" if scale > 1 else "object"), f"transforms.json with aabb_scale {scale:g}"
+    frames = meta.get("frames") if isinstance(meta.get("frames"), list) else []
+    for d in [meta, *(fr for fr in frames if isinstance(fr, dict))]:
+        if "camera_model" in d:
+            return "unbounded", f"transforms.json of a capture (camera_model {d['camera_model']}, no aabb_scale)"
+        if any(isinstance(d.get(k), (int, float)) and d.get(k) for k in DISTORTION_PARAMS):
+            return "unbounded", "transforms.json of a capture (distortion coefficients, no aabb_scale)"
+    return "object", "transforms.json without aabb_scale or a camera model"
 
 
 def _shrunk_files(root: Path, files: list[Path], factor: int) -> list[Path] | None:

@@ -50,8 +50,8 @@ class PosedImages:
     - ``source``: the file the split was read from (for messages).
     - ``format``: ``blender``, ``nerfstudio``, ``llff`` or ``colmap``.
     - ``scene``: ``object`` (object-centred, bounded by ``aabb``), ``forward`` (forward-facing, NDC)
-      or ``unbounded`` (the scene reaches beyond the box: nerfstudio with ``aabb_scale > 1``,
-      COLMAP); presets choose their defaults by it.
+      or ``unbounded`` (the scene reaches beyond the box: nerfstudio with ``aabb_scale > 1`` or a capture tool's
+      file without it, COLMAP); presets choose their defaults by it.
     """
 
     images: Float[Tensor, "n H W C"]
@@ -247,7 +247,8 @@ def dataset_format(path: str | Path) -> tuple[str, Path]:
 def dataset_scene(path: str | Path) -> tuple[str, str]:
     """The kind of scene a dataset holds (:attr:`PosedImages.scene`: ``object``, ``forward`` or
     ``unbounded``) without reading its images, and why (for messages): Blender -> object, LLFF ->
-    forward-facing, COLMAP -> unbounded, nerfstudio -> unbounded when ``aabb_scale > 1``."""
+    forward-facing, COLMAP -> unbounded, nerfstudio -> unbounded when ``aabb_scale > 1`` or, without
+    ``aabb_scale``, when a capture tool wrote it (:func:`fieldcraft.data.nerfstudio.transforms_scene`)."""
     fmt, root = dataset_format(path)
     if fmt == "blender":
         return "object", "NeRF-synthetic scene"
@@ -255,10 +256,9 @@ def dataset_scene(path: str | Path) -> tuple[str, str]:
         return "forward", "LLFF forward-facing capture"
     if fmt == "colmap":
         return "unbounded", "COLMAP capture"
-    scale = read_json(root / "transforms.json").get("aabb_scale", 1)
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 1:
-        return "unbounded", f"transforms.json with aabb_scale {scale:g}"
-    return "object", "transforms.json with aabb_scale 1"
+    from fieldcraft.data.nerfstudio import transforms_scene
+
+    return transforms_scene(read_json(root / "transforms.json"))
 
 
 def forward_facing(path: str | Path) -> bool:

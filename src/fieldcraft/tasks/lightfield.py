@@ -12,7 +12,7 @@ Conventions (docs/lightfield.md):
   scene's frame, ``o' = (o - centre) / radius``, and given to the field as its Plücker
   coordinates ``(d, o' x d)`` (:func:`fieldcraft.render.rays.plucker`), 6 numbers in
   ``[-1, 1]`` for every ray that meets the scene. Object scenes (Blender, nerfstudio with
-  ``aabb_scale`` 1): ``centre`` and ``radius`` are the centre and half-diagonal of the scene
+  ``aabb_scale`` 1 or a synthetic ``transforms.json``): ``centre`` and ``radius`` are the centre and half-diagonal of the scene
   box: the box around the visual hull of the alpha masks when the images have alpha
   (:func:`fieldcraft.data.bounds.silhouette_aabb`), else the dataset's box; a ray that misses
   the box is the background colour, as in the ``nerf`` task, and is not learnt. Other scenes
