@@ -17,11 +17,12 @@ from conftest import shared_data
 
 from fieldcraft.data import colmap
 from fieldcraft.data.cameras import Cameras, distort, project, undistort
-from fieldcraft.data.scene import dataset_scene, downscale_image, load_posed_images
+from fieldcraft.data.scene import dataset_format, dataset_scene, downscale_image, forward_facing, load_posed_images
 from fieldcraft.errors import FieldcraftError
 from fieldcraft.io.images import encode_png
 from fieldcraft.render.cameras import look_at
 from fieldcraft.render.rays import camera_rays
+from fieldcraft.tasks.nerf.outputs import fitted_views
 
 # COLMAP's projections (pycolmap 4.2.1, Camera.img_from_cam) of the camera-space points
 # (0.3, -0.4, 1), (-0.5, 0.2, 1), (0.05, 0.6, 1): an implementation independent of fieldcraft's.
@@ -154,6 +155,30 @@ def test_colmap_model_read_and_posed(tmp_path, ext):
     pts = torch.from_numpy((m.points - centre) * scale).float()
     uv, _ = project(test.cameras, pts, torch.ones(60, dtype=torch.long))
     np.testing.assert_allclose(uv.numpy(), expected, atol=2e-3)
+
+
+def _poses_bounds(c2w: np.ndarray, h: int = 12, w: int = 16, f: float = 14.0) -> np.ndarray:
+    """LLFF's ``poses_bounds.npy`` rows of OpenGL camera-to-world poses (columns down, right, back)."""
+    llff = np.concatenate([-c2w[:, :, 1:2], c2w[:, :, 0:1], c2w[:, :, 2:4],
+                           np.broadcast_to(np.array([h, w, f], float)[None, :, None], (len(c2w), 3, 1))], 2)
+    return np.concatenate([llff.reshape(len(c2w), 15), np.tile([[1.0, 10.0]], (len(c2w), 1))], 1)
+
+
+def test_llff_all_around_with_a_colmap_model_reads_the_model(tmp_path):
+    """imgs2poses leaves poses_bounds.npy beside the COLMAP model: cameras all around (no NDC)
+    read the model as an unbounded scene; forward-facing ones stay LLFF."""
+    _, c2w = _colmap_scene(tmp_path)  # a ring at height 1 looking at the origin: arccos(1 / sqrt(17)) = 76 degrees
+    np.save(tmp_path / "poses_bounds.npy", _poses_bounds(c2w.numpy()))
+    assert dataset_format(tmp_path)[0] == "colmap" and not forward_facing(tmp_path)
+    kind, why = dataset_scene(tmp_path)
+    assert kind == "unbounded" and "76 degrees" in why and load_posed_images(tmp_path, "train").format == "colmap"
+    with pytest.raises(FieldcraftError, match="fitted with them: refit it"):  # a run fitted on NDC rays
+        fitted_views({"data": str(tmp_path), "aabb": [[-1.0] * 3, [1.0] * 3], "ndc": True}, None, "test")
+    front = np.stack([look_at(torch.tensor([0.3 * k, 0.1 * k, 4.0], dtype=torch.float64))[:3].numpy()
+                      for k in range(10)])
+    np.save(tmp_path / "poses_bounds.npy", _poses_bounds(front))
+    assert dataset_format(tmp_path)[0] == "llff" and forward_facing(tmp_path)
+    assert dataset_scene(tmp_path) == ("forward", "LLFF forward-facing capture")
 
 
 def test_colmap_errors(tmp_path):

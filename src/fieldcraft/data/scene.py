@@ -4,7 +4,10 @@
 
 - ``transforms_train.json`` -> NeRF-synthetic / Blender (:mod:`fieldcraft.data.blender`),
 - ``transforms.json`` -> nerfstudio / instant-ngp (:mod:`fieldcraft.data.nerfstudio`),
-- ``poses_bounds.npy`` -> LLFF (:mod:`fieldcraft.data.llff`),
+- ``poses_bounds.npy`` -> LLFF (:mod:`fieldcraft.data.llff`), unless its cameras do not face one
+  way (a viewing direction more than :data:`FORWARD_DEGREES` from their mean: NDC rays would
+  not hold) and a COLMAP model is beside it, which is then read instead (LLFF's ``imgs2poses``
+  leaves both),
 - a COLMAP sparse model (``cameras``, ``images``, ``points3D`` as ``.bin`` or ``.txt``) in the
   directory itself or in its ``sparse/0/`` or ``sparse/`` -> COLMAP (:mod:`fieldcraft.data.colmap`).
 
@@ -32,6 +35,7 @@ from fieldcraft.data.cameras import Cameras
 from fieldcraft.errors import FieldcraftError
 
 SPLITS = ("train", "val", "test")
+FORWARD_DEGREES = 45.0  # LLFF's forward-facing scenes: within 10-30 degrees; a capture all around: 60-90 and more
 
 
 @dataclasses.dataclass
@@ -232,16 +236,38 @@ def dataset_format(path: str | Path) -> tuple[str, Path]:
         raise FieldcraftError(f"{path}: dataset directory not found")
     if path.is_file() and path.name.startswith("transforms") and path.suffix == ".json":
         path = path.parent
+    from fieldcraft.data.colmap import find_model
+
     for name, fmt in (("transforms_train.json", "blender"), ("transforms.json", "nerfstudio"),
                       ("poses_bounds.npy", "llff")):
         if (path / name).exists():
+            if fmt == "llff" and find_model(path) is not None and not _llff_forward(path)[0]:
+                return "colmap", path  # a capture all around, with its COLMAP model beside: no NDC
             return fmt, path
-    from fieldcraft.data.colmap import find_model
-
     if find_model(path) is not None:
         return "colmap", path
     raise FieldcraftError(f"{path}: not a NeRF dataset (expected transforms_train.json, transforms.json, "
                           "poses_bounds.npy or a COLMAP sparse model: cameras, images, points3D .bin/.txt)")
+
+
+def _llff_forward(path: Path) -> tuple[bool, float]:
+    """Whether ``path/poses_bounds.npy``'s cameras face one way (every viewing direction within
+    :data:`FORWARD_DEGREES` of their mean; NDC rays assume it), and the largest angle (degrees);
+    ``(True, 0)`` for a file :func:`fieldcraft.data.llff.load_llff` would refuse (it says why)."""
+    try:
+        arr = np.load(path / "poses_bounds.npy", allow_pickle=False)
+        back = arr[:, :15].reshape(-1, 3, 5)[:, :, 2].astype(np.float64)  # LLFF's third axis: backwards
+    except Exception:  # noqa: BLE001 (numpy raises several types for bad files; load_llff reports them)
+        return True, 0.0
+    norm = np.linalg.norm(back, axis=1, keepdims=True)
+    if not (np.isfinite(back).all() and (norm > 0).all()):
+        return True, 0.0
+    fwd = -back / norm
+    mean = fwd.mean(0)
+    if np.linalg.norm(mean) < 1e-6:  # directions that cancel out: all around
+        return False, 180.0
+    angle = float(np.degrees(np.arccos(np.clip(fwd @ (mean / np.linalg.norm(mean)), -1, 1))).max())
+    return angle <= FORWARD_DEGREES, angle
 
 
 def dataset_scene(path: str | Path) -> tuple[str, str]:
@@ -253,8 +279,14 @@ def dataset_scene(path: str | Path) -> tuple[str, str]:
     if fmt == "blender":
         return "object", "NeRF-synthetic scene"
     if fmt == "llff":
-        return "forward", "LLFF forward-facing capture"
+        forward, angle = _llff_forward(root)
+        return "forward", "LLFF forward-facing capture" if forward else (
+            f"LLFF capture, read with NDC rays although its cameras look up to {angle:.0f} degrees from their mean "
+            "direction (no COLMAP model beside it to read instead)")
     if fmt == "colmap":
+        if (root / "poses_bounds.npy").exists():
+            return "unbounded", (f"COLMAP capture; the cameras of its poses_bounds.npy look up to "
+                                 f"{_llff_forward(root)[1]:.0f} degrees from their mean direction, not forward-facing")
         return "unbounded", "COLMAP capture"
     from fieldcraft.data.nerfstudio import transforms_scene
 

@@ -73,6 +73,9 @@ def fitted_views(meta: dict[str, Any], data_path: str | Path | None, split: str,
     """A split of the fitted dataset (or of ``data_path``) in the box the field was fitted in."""
     data = load_posed_images(data_path or meta["data"], split, max_images=max_images,
                              downscale=int(meta.get("downscale", 1)), skip_missing=bool(meta.get("skip_missing", False)))
+    fitted_ndc = bool(meta.get("ndc", data.ndc))
+    check(fitted_ndc == data.ndc, f"{data.source}: reads as a {data.format} dataset {'with' if data.ndc else 'without'} "
+                                  f"NDC rays, but the run was fitted {'with' if fitted_ndc else 'without'} them: refit it")
     return dataclasses.replace(data, aabb=torch.tensor(meta["aabb"], dtype=data.aabb.dtype))
 
 
