@@ -282,7 +282,7 @@ def dataset_scene(path: str | Path) -> tuple[str, str]:
         forward, angle = _llff_forward(root)
         return "forward", "LLFF forward-facing capture" if forward else (
             f"LLFF capture, read with NDC rays although its cameras look up to {angle:.0f} degrees from their mean "
-            "direction (no COLMAP model beside it to read instead)")
+            "direction, with no COLMAP model beside it to read instead")
     if fmt == "colmap":
         if (root / "poses_bounds.npy").exists():
             return "unbounded", (f"COLMAP capture; the cameras of its poses_bounds.npy look up to "
