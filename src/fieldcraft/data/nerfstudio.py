@@ -13,8 +13,8 @@ the file (:func:`transforms_scene`), else an object. A capture without ``aabb_sc
 COLMAP's arbitrary scale (ns-process-data leaves it to the reader), so its world is brought to
 the one instant-ngp's colmap2nerf writes (:func:`colmap2nerf_normalisation`): centred on the point
 the cameras look at, the cameras at a mean distance 4 from it. ``nerfacto`` depends on that
-scale (its densities are per world unit): on fruit's validation frames 26.7 dB at colmap2nerf's
-scale against 16.2 dB (a haze in front of the cameras) with the farthest camera at 1.
+scale (its densities are per world unit; ``bench/nerf_world_scale.py`` compares it with the
+farthest camera at 1, docs/nerf.md "World scale").
 
 Camera models (``camera_model``, top level or per frame; instant-ngp's ``is_fisheye: true`` means
 ``OPENCV_FISHEYE``): ``OPENCV`` (default), ``PINHOLE``, ``SIMPLE_PINHOLE``, ``SIMPLE_RADIAL``,
@@ -136,7 +136,8 @@ def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | No
     half = aabb_scale / (2 * scale)
     centre = (0.5 - torch.tensor(offset, dtype=torch.float32)) / scale
     aabb = torch.stack([centre - half, centre + half])
-    if "aabb_scale" not in meta and transforms_scene(meta)[0] == "unbounded":  # ns-process-data: COLMAP's scale
+    scene = transforms_scene(meta)[0]
+    if "aabb_scale" not in meta and scene == "unbounded":  # ns-process-data: COLMAP's scale
         centre, factor = colmap2nerf_normalisation(
             torch.stack([pose_from_json(fr["transform_matrix"], str(path), k) for k, fr in enumerate(frames)]))
         cams.c2w[:, :, 3] = ((cams.c2w[:, :, 3].double() - centre) * factor).float()
@@ -146,7 +147,7 @@ def load_nerfstudio(path: str | Path, split: str = "train", max_images: int | No
         raise FieldcraftError(f"{path}: needs 0 <= 'near' < 'far', got near {near}, far {far}")
     names = [files[k].name for k in keep]
     return PosedImages(images, cams, names, near, far, aabb, False, str(path), "nerfstudio",
-                       scene=transforms_scene(meta)[0])
+                       scene=scene)
 
 
 def colmap2nerf_normalisation(c2w: Float[Tensor, "n 3 4"]) -> tuple[Float[Tensor, " 3"], float]:
